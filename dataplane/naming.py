@@ -1,0 +1,48 @@
+"""Names of per-service objects, hashed exactly as kube-proxy hashes them.
+
+iptables: ``KUBE-SVC-``/``KUBE-SVL-``/``KUBE-EXT-``/``KUBE-FW-`` + 16 characters of
+base32(sha256(servicePortName + protocol)), ``KUBE-SEP-`` + 16 characters of
+base32(sha256(servicePortName + protocol + endpoint)). nftables: ``<hash8>-<ns/name/proto/port>``
+with a further ``__ip/port`` part for endpoints.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import lru_cache
+
+NFT_MAX_BASE = 240  # 256 name length limit minus a prefix budget, as kube-proxy does
+
+
+def _b32(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+@lru_cache(maxsize=None)
+def iptables_service_hash(spn: str, protocol: str) -> str:
+    """The 16-character hash shared by a service port's SVC/SVL/EXT/FW chains."""
+    return _b32(spn + protocol.lower())[:16]
+
+
+def iptables_endpoint_chain(spn: str, protocol: str, endpoint: str) -> str:
+    """``KUBE-SEP-…`` for an endpoint written as in the DNAT target (``ip:port``/``[ip6]:port``)."""
+    return "KUBE-SEP-" + _b32(spn + protocol.lower() + endpoint)[:16]
+
+
+def _nft_base(text: str) -> str:
+    base = _b32(text)[:8] + "-" + text
+    if len(base) > NFT_MAX_BASE:
+        base = base[: NFT_MAX_BASE - 3] + "..."
+    return base
+
+
+@lru_cache(maxsize=None)
+def nft_service_base(namespace: str, name: str, protocol: str, port_name: str) -> str:
+    """Base of ``service-…``/``local-…``/``external-…``/``firewall-…`` chain names."""
+    return _nft_base(f"{namespace}/{name}/{protocol.lower()}/{port_name}")
+
+
+def nft_endpoint_base(namespace: str, name: str, protocol: str, port_name: str, ip: str, port: int) -> str:
+    """Base of ``endpoint-…`` chains and ``affinity-…`` sets; ``:`` of IPv6 becomes ``.``."""
+    ep_ip = ip.replace(":", ".")
+    return _nft_base(f"{namespace}/{name}/{protocol.lower()}/{port_name}__{ep_ip}/{port}")

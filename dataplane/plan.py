@@ -1,0 +1,554 @@
+"""The node-local service plan: what one node must do with service traffic.
+
+``build_plan`` turns the cluster state into a backend-neutral :class:`NodePlan`
+for one node, one IP family and one proxy mode. Every semantic decision is
+taken here, once, the way kube-proxy takes it:
+
+* which Services and ports get rules at all (``ShouldSkipService``);
+* which endpoints each traffic class may use (``CategorizeEndpoints``:
+  ready, then serving+terminating fallback; node-local endpoints; topology hints);
+* where each frontend goes (the cluster or local policy chain), or whether it
+  is rejected (no endpoints at all) or dropped (a Local policy with no local
+  endpoint);
+* what gets masqueraded (off-cluster sources, external traffic, hairpin).
+
+Backends only render a plan; they never look at the model.
+Where kube-proxy's iptables and nftables modes differ, the plan is built for
+the given ``mode`` and records the difference as data.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Optional, Sequence
+
+from .errors import UsageError
+from .model import (
+    LABEL_HEADLESS,
+    LABEL_SERVICE_PROXY_NAME,
+    Cluster,
+    Endpoint,
+    EndpointSlice,
+    Node,
+    ProxyConfig,
+    Service,
+    ServicePort,
+    labels_get,
+)
+
+Family = Literal["ipv4", "ipv6"]
+Mode = Literal["iptables", "nftables"]
+FilterVerdict = Literal["reject", "drop"]
+
+_ADDRESS_TYPE = {"ipv4": "IPv4", "ipv6": "IPv6"}
+_VERSION = {"ipv4": 4, "ipv6": 6}
+
+
+# ------------------------------------------------------------------ plan types
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEndpoint:
+    """One usable endpoint of a service port."""
+
+    ip: str
+    port: int
+    is_local: bool
+    ready: bool
+    serving: bool
+    terminating: bool
+
+    @property
+    def address(self) -> str:
+        """``ip:port``, with brackets around IPv6 addresses (as in a DNAT target)."""
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDetector:
+    """How to tell traffic from this node's pods (kube-proxy's local-traffic detector)."""
+
+    kind: Literal["none", "cidr", "interface-prefix", "bridge"]
+    value: str = ""  # the CIDR, the interface name prefix or the bridge name
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalStep:
+    """One rule of a service port's external chain (``KUBE-EXT-…`` / ``external-…``).
+
+    ``source``: which packets the step applies to: all, those from this node's
+    pods (needs a local detector) or those from the node itself.
+    ``action``: mark for masquerade, or hand over to the cluster or local policy chain.
+    """
+
+    source: Literal["any", "pod", "host"]
+    action: Literal["masquerade", "cluster", "local"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePortPlan:
+    """Everything one node does for one (Service, port) in one family."""
+
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str  # "tcp" | "udp" | "sctp"
+    port: int
+    cluster_ip: str
+    node_port: Optional[int]
+    external_ips: tuple[str, ...]
+    load_balancer_ips: tuple[str, ...]
+    source_ranges: tuple[str, ...]  # loadBalancerSourceRanges of this family
+    firewall: bool  # LB IPs are filtered by source_ranges
+    firewall_allows_lb_ips: bool  # a range holds a node IP: LB IPs are allowed sources too
+    health_check_node_port: Optional[int]
+    affinity_timeout: Optional[int]  # seconds, when sessionAffinity is ClientIP
+    cluster_endpoints: tuple[PlanEndpoint, ...]  # endpoints of the cluster policy chain
+    local_endpoints: tuple[PlanEndpoint, ...]  # endpoints of the local policy chain
+    uses_cluster_chain: bool
+    uses_local_chain: bool
+    uses_external_chain: bool
+    internal_chain: Optional[Literal["cluster", "local"]]  # where ClusterIP traffic goes
+    internal_filter: Optional[FilterVerdict]  # what happens to ClusterIP traffic otherwise
+    external_forward: bool  # external destinations (nodePort, externalIPs, LB IPs) are captured
+    external_filter: Optional[FilterVerdict]  # external traffic not DNATed is dropped/rejected
+    external_steps: tuple[ExternalStep, ...]
+    has_endpoints: bool
+
+    @property
+    def spn(self) -> str:
+        """kube-proxy's service port name: ``ns/name:port`` (``ns/name`` for an unnamed port)."""
+        base = f"{self.namespace}/{self.name}"
+        return f"{base}:{self.port_name}" if self.port_name else base
+
+    @property
+    def endpoints(self) -> tuple[PlanEndpoint, ...]:
+        """Every endpoint that needs its own chain: those of the chains in use, sorted."""
+        seen: dict[str, PlanEndpoint] = {}
+        if self.uses_cluster_chain:
+            for ep in self.cluster_endpoints:
+                seen[ep.address] = ep
+        if self.uses_local_chain:
+            for ep in self.local_endpoints:
+                seen.setdefault(ep.address, ep)
+        return tuple(sorted(seen.values(), key=lambda e: e.address))
+
+
+@dataclass(frozen=True, slots=True)
+class NodePortDestinations:
+    """Which destination addresses accept NodePort traffic on this node."""
+
+    match_all: bool  # every local address (iptables addrtype LOCAL / nft fib daddr type local)
+    ips: tuple[str, ...] = ()  # otherwise, these node IPs
+    localhost: bool = False  # 127.0.0.0/8 accepts NodePorts (iptables IPv4, route_localnet)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """The whole node-local service state for one node, family and mode."""
+
+    node: str
+    family: Family
+    mode: Mode
+    node_ips: tuple[str, ...]
+    masquerade_mark: str  # e.g. "0x4000"
+    local_detector: LocalDetector
+    cluster_ip_masquerade: Literal["all", "non-local", "none"]
+    nodeports: NodePortDestinations
+    drop_invalid: bool  # drop conntrack INVALID packets in forwarding (iptables mode)
+    reject_unknown_cluster_ip_ports: bool  # nftables mode's cluster-ips-check
+    services: tuple[ServicePortPlan, ...]
+    sysctls: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def cluster_ips(self) -> tuple[str, ...]:
+        """Every active ClusterIP, sorted."""
+        return tuple(sorted({s.cluster_ip for s in self.services}, key=_ip_sort_key))
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _ip_sort_key(ip: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(ip)
+    return (addr.version, int(addr))
+
+
+def _family_of(ip: str) -> Optional[Family]:
+    try:
+        return "ipv6" if ipaddress.ip_address(ip).version == 6 else "ipv4"
+    except ValueError:
+        return None
+
+
+def _cidr_family(cidr: str) -> Optional[Family]:
+    try:
+        return "ipv6" if ipaddress.ip_network(cidr, strict=False).version == 6 else "ipv4"
+    except ValueError:
+        return None
+
+
+def should_skip_service(svc: Service) -> Optional[str]:
+    """Why kube-proxy ignores this Service, or None if it handles it."""
+    if svc.type == "ExternalName":
+        return "type ExternalName"
+    if svc.is_headless:
+        return "headless (clusterIP None)"
+    if not svc.cluster_ips or svc.cluster_ips[0] == "":
+        return "no clusterIP"
+    if labels_get(svc.labels, LABEL_SERVICE_PROXY_NAME) is not None:
+        return f"label {LABEL_SERVICE_PROXY_NAME} (another proxy owns it)"
+    if labels_get(svc.labels, LABEL_HEADLESS) is not None:
+        return f"label {LABEL_HEADLESS}"
+    return None
+
+
+def _local_detector(config: ProxyConfig, node: Node, family: Family, warnings: list[str]) -> LocalDetector:
+    mode = config.detect_local_mode
+    if mode in ("ClusterCIDR", "NodeCIDR"):
+        cidrs = config.cluster_cidrs if mode == "ClusterCIDR" else node.pod_cidrs
+        mine = [c for c in cidrs if _cidr_family(c) == family]
+        if not mine:
+            return LocalDetector("none")
+        if len(mine) > 1:
+            warnings.append(
+                f"{mode}: using {mine[0]} to detect local traffic; kube-proxy uses one CIDR per family, "
+                f"ignoring {', '.join(mine[1:])}"
+            )
+        return LocalDetector("cidr", mine[0])
+    if mode == "InterfaceNamePrefix" and config.interface_name_prefix:
+        return LocalDetector("interface-prefix", config.interface_name_prefix)
+    if mode == "BridgeInterface" and config.bridge_interface:
+        return LocalDetector("bridge", config.bridge_interface)
+    return LocalDetector("none")
+
+
+def _node_ips(node: Node, family: Family) -> tuple[str, ...]:
+    """The node's IPs of this family, InternalIPs first (the first one is the primary IP)."""
+    ordered = [a.address for a in node.addresses if a.type == "InternalIP"]
+    ordered += [a.address for a in node.addresses if a.type == "ExternalIP"]
+    out: list[str] = []
+    for ip in ordered:
+        if _family_of(ip) == family and ip not in out:
+            out.append(ip)
+    return tuple(out)
+
+
+def _nodeport_destinations(
+    config: ProxyConfig, node_ips: Sequence[str], family: Family, mode: Mode
+) -> NodePortDestinations:
+    """kube-proxy's nodePortAddresses handling, per mode."""
+    entries = config.node_port_addresses
+    cidrs = [c for c in entries if c != "primary" and _cidr_family(c) == family]
+    want_primary = "primary" in entries or (not entries and mode == "nftables")
+    if not entries and mode == "iptables":
+        match_all = True
+    else:
+        match_all = any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs)
+    loopback = "127.0.0.0/8" if family == "ipv4" else "::1/128"
+    localhost = (
+        mode == "iptables"
+        and family == "ipv4"
+        and config.iptables_localhost_node_ports
+        and (
+            not entries
+            or any(ipaddress.ip_network(c).overlaps(ipaddress.ip_network(loopback)) for c in cidrs)
+        )
+    )
+    if match_all:
+        return NodePortDestinations(match_all=True, localhost=localhost)
+    ips: list[str] = []
+    if want_primary and node_ips:
+        ips.append(node_ips[0])
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    for ip in node_ips:
+        if any(ipaddress.ip_address(ip) in n for n in nets) and ip not in ips:
+            ips.append(ip)
+    if localhost:
+        ips.append("127.0.0.1")
+    return NodePortDestinations(match_all=False, ips=tuple(ips), localhost=localhost)
+
+
+# -------------------------------------------------------- endpoint selection
+
+
+def _slice_index(slices: Iterable[EndpointSlice], family: Family) -> dict[tuple[str, str], list[EndpointSlice]]:
+    index: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+    want = _ADDRESS_TYPE[family]
+    for s in slices:
+        if s.service_name and s.address_type == want:
+            index[(s.namespace, s.service_name)].append(s)
+    for lst in index.values():
+        lst.sort(key=lambda s: s.name)
+    return index
+
+
+def collect_endpoints(
+    slices: Sequence[EndpointSlice], port: ServicePort, node_name: str, family: Family, warnings: list[str]
+) -> list[tuple[PlanEndpoint, Endpoint]]:
+    """The endpoints of one service port, from all its slices, each counted once.
+
+    A slice port matches the service port by name and protocol; the target is
+    the endpoint's first address and the slice port's number. When the same
+    ``ip:port`` appears twice, a ready copy wins over a not-ready one.
+    Result sorted by ``ip:port`` string, as kube-proxy keeps them.
+    """
+    found: dict[str, tuple[PlanEndpoint, Endpoint]] = {}
+    for s in slices:
+        numbers = [p.port for p in s.ports if p.name == port.name and p.protocol == port.protocol and p.port]
+        if not numbers:
+            continue
+        number = numbers[0]
+        for ep in s.endpoints:
+            if not ep.addresses:
+                continue
+            ip = ep.addresses[0]
+            if _family_of(ip) != family:
+                warnings.append(
+                    f"{s.ref.where() if s.ref.source != '<memory>' else 'EndpointSlice ' + s.namespace + '/' + s.name}: "
+                    f"skipping endpoint {ip}: not an {_ADDRESS_TYPE[family]} address"
+                )
+                continue
+            c = ep.conditions
+            pe = PlanEndpoint(
+                ip=ip,
+                port=number,
+                is_local=ep.node_name == node_name,
+                ready=c.ready,
+                serving=c.serving,
+                terminating=c.terminating,
+            )
+            old = found.get(pe.address)
+            if old is None or (pe.ready and not old[0].ready):
+                found[pe.address] = (pe, ep)
+    return [found[k] for k in sorted(found)]
+
+
+def _topology_filter(
+    pairs: Sequence[tuple[PlanEndpoint, Endpoint]], zone: Optional[str]
+) -> list[PlanEndpoint]:
+    """Ready endpoints, narrowed by zone hints when kube-proxy would use them."""
+    ready = [(pe, ep) for pe, ep in pairs if pe.ready]
+    if not zone or not ready:
+        return [pe for pe, _ in ready]
+    if any(ep.hints_for_zones is None for _, ep in ready):
+        return [pe for pe, _ in ready]
+    hinted = [pe for pe, ep in ready if zone in (ep.hints_for_zones or ())]
+    return hinted if hinted else [pe for pe, _ in ready]
+
+
+def categorize(
+    pairs: Sequence[tuple[PlanEndpoint, Endpoint]], *, zone: Optional[str], use_cluster: bool, use_local: bool
+) -> tuple[list[PlanEndpoint], list[PlanEndpoint], bool]:
+    """kube-proxy's CategorizeEndpoints: (cluster endpoints, local endpoints, any endpoint usable).
+
+    Cluster endpoints are the ready ones (topology-filtered); with none ready,
+    the serving and terminating ones. Local endpoints are computed the same way
+    among this node's endpoints, independently.
+    """
+    eps = [pe for pe, _ in pairs]
+    fallback = [e for e in eps if e.serving and e.terminating]
+    has_any = any(e.ready for e in eps) or bool(fallback)
+    cluster: list[PlanEndpoint] = []
+    local: list[PlanEndpoint] = []
+    if use_cluster:
+        cluster = _topology_filter(pairs, zone)
+        if not cluster:
+            cluster = fallback
+    if use_local:
+        local = [e for e in eps if e.is_local and e.ready]
+        if not local:
+            local = [e for e in fallback if e.is_local]
+    return cluster, local, has_any
+
+
+# ----------------------------------------------------------- per service port
+
+
+def _in_family(values: Iterable[str], family: Family, what: str, svc: Service, warnings: list[str],
+               other_family_expected: bool, is_cidr: bool = False) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        fam = _cidr_family(v) if is_cidr else _family_of(v)
+        if fam == family:
+            out.append(v)
+        elif not other_family_expected:
+            warnings.append(
+                f"{svc.ref.where()}: {what}: skipping {v}: not an {_ADDRESS_TYPE[family]} "
+                f"address and the Service is single-stack"
+            )
+    return tuple(out)
+
+
+def plan_service_port(
+    svc: Service,
+    port: ServicePort,
+    slices: Sequence[EndpointSlice],
+    *,
+    node: Node,
+    node_ips: Sequence[str],
+    family: Family,
+    mode: Mode,
+    detector: LocalDetector,
+    warnings: list[str],
+) -> Optional[ServicePortPlan]:
+    """Plan one service port on one node, or None if it gets no rules in this family."""
+    cluster_ip = next((ip for ip in svc.cluster_ips if _family_of(ip) == family), None)
+    if cluster_ip is None:
+        return None
+    families = {_family_of(ip) for ip in svc.cluster_ips}
+    dual = len(families) > 1
+    external_ips = _in_family(svc.external_ips, family, "spec.externalIPs", svc, warnings, dual)
+    lb_ips = _in_family(
+        [i.ip for i in svc.load_balancer_ingress if i.ip and i.ip_mode != "Proxy"],
+        family, "status.loadBalancer.ingress", svc, warnings, dual,
+    ) if svc.type == "LoadBalancer" else ()
+    ranges = _in_family(svc.load_balancer_source_ranges, family, "spec.loadBalancerSourceRanges",
+                        svc, warnings, dual, is_cidr=True)
+    node_port = port.node_port if svc.type in ("NodePort", "LoadBalancer") else None
+    hcnp = svc.health_check_node_port if (
+        svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local"
+    ) else None
+
+    externally_accessible = bool(node_port or external_ips or lb_ips)
+    internal_local = svc.internal_traffic_policy == "Local"
+    external_local = svc.external_traffic_policy == "Local" and externally_accessible
+    uses_cluster_eps = not internal_local or (externally_accessible and not external_local)
+    uses_local_eps = internal_local or external_local
+
+    pairs = collect_endpoints(slices, port, node.name, family, warnings)
+    cluster_eps, local_eps, has_endpoints = categorize(
+        pairs, zone=node.zone, use_cluster=uses_cluster_eps, use_local=uses_local_eps
+    )
+    uses_cluster_chain = bool(cluster_eps) and uses_cluster_eps
+    uses_local_chain = bool(local_eps) and uses_local_eps
+
+    has_internal = has_endpoints and (bool(local_eps) if internal_local else True)
+    has_external = has_endpoints and (bool(local_eps) if external_local else True)
+    internal_chain: Optional[Literal["cluster", "local"]] = None
+    if has_internal:
+        internal_chain = "local" if internal_local else "cluster"
+
+    def verdict(has_these: bool) -> Optional[FilterVerdict]:
+        if not has_endpoints:
+            return "reject"
+        return None if has_these else "drop"
+
+    uses_external_chain = has_endpoints and externally_accessible
+    steps: list[ExternalStep] = []
+    if uses_external_chain:
+        if not external_local:
+            steps.append(ExternalStep("any", "masquerade"))
+        else:
+            if detector.kind != "none":
+                steps.append(ExternalStep("pod", "cluster"))
+            steps.append(ExternalStep("host", "masquerade"))
+            steps.append(ExternalStep("host", "cluster"))
+        if has_external:
+            steps.append(ExternalStep("any", "local" if external_local else "cluster"))
+
+    firewall = bool(lb_ips and ranges) and (has_endpoints or mode == "nftables")
+    allows_lb = firewall and any(
+        ipaddress.ip_address(ip) in ipaddress.ip_network(r) for r in ranges for ip in node_ips
+    )
+    return ServicePortPlan(
+        namespace=svc.namespace,
+        name=svc.name,
+        port_name=port.name,
+        protocol=port.protocol.lower(),
+        port=port.port,
+        cluster_ip=cluster_ip,
+        node_port=node_port,
+        external_ips=external_ips,
+        load_balancer_ips=lb_ips,
+        source_ranges=ranges if firewall else (),
+        firewall=firewall,
+        firewall_allows_lb_ips=allows_lb,
+        health_check_node_port=hcnp,
+        affinity_timeout=svc.affinity_timeout_seconds if svc.session_affinity == "ClientIP" else None,
+        cluster_endpoints=tuple(cluster_eps) if uses_cluster_eps else (),
+        local_endpoints=tuple(local_eps) if uses_local_eps else (),
+        uses_cluster_chain=uses_cluster_chain,
+        uses_local_chain=uses_local_chain,
+        uses_external_chain=uses_external_chain,
+        internal_chain=internal_chain,
+        internal_filter=verdict(has_internal),
+        external_forward=has_endpoints,
+        external_filter=verdict(has_external),
+        external_steps=tuple(steps),
+        has_endpoints=has_endpoints,
+    )
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def build_plan(
+    cluster: Cluster,
+    node_name: str,
+    *,
+    family: Family = "ipv4",
+    mode: Optional[Mode] = None,
+) -> NodePlan:
+    """Plan node ``node_name`` for one IP family.
+
+    ``mode`` defaults to the KubeProxyConfiguration's mode. Raises
+    :class:`UsageError` when the node is not in the input.
+    """
+    node = cluster.node(node_name)
+    if node is None:
+        known = ", ".join(sorted(n.name for n in cluster.nodes)) or "none"
+        raise UsageError(f"node {node_name!r} is not in the input (Nodes given: {known})")
+    config = cluster.proxy_config
+    mode = mode or ("nftables" if config.mode == "nftables" else "iptables")
+    warnings: list[str] = []
+    node_ips = _node_ips(node, family)
+    if not node_ips:
+        warnings.append(f"{node.ref.where()}: status.addresses: no {_ADDRESS_TYPE[family]} address; "
+                        "NodePorts are only reachable through addresses the rules match locally")
+    detector = _local_detector(config, node, family, warnings)
+    masq_all = config.nftables_masquerade_all if mode == "nftables" else config.iptables_masquerade_all
+    masq_bit = config.nftables_masquerade_bit if mode == "nftables" else config.iptables_masquerade_bit
+    if masq_all:
+        cluster_ip_masquerade: Literal["all", "non-local", "none"] = "all"
+    elif detector.kind != "none":
+        cluster_ip_masquerade = "non-local"
+    else:
+        cluster_ip_masquerade = "none"
+    nodeports = _nodeport_destinations(config, node_ips, family, mode)
+
+    index = _slice_index(cluster.endpoint_slices, family)
+    services: list[ServicePortPlan] = []
+    for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
+        if should_skip_service(svc):
+            continue
+        slices = index.get(svc.key, ())
+        for port in svc.ports:
+            p = plan_service_port(
+                svc, port, slices, node=node, node_ips=node_ips, family=family, mode=mode,
+                detector=detector, warnings=warnings,
+            )
+            if p is not None:
+                services.append(p)
+    services.sort(key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
+
+    sysctls = [("net.ipv4.ip_forward" if family == "ipv4" else "net.ipv6.conf.all.forwarding", "1")]
+    if nodeports.localhost:
+        sysctls.append(("net.ipv4.conf.all.route_localnet", "1"))
+    return NodePlan(
+        node=node.name,
+        family=family,
+        mode=mode,
+        node_ips=node_ips,
+        masquerade_mark=hex(1 << masq_bit),
+        local_detector=detector,
+        cluster_ip_masquerade=cluster_ip_masquerade,
+        nodeports=nodeports,
+        drop_invalid=mode == "iptables",
+        reject_unknown_cluster_ip_ports=mode == "nftables",
+        services=tuple(services),
+        sysctls=tuple(sysctls),
+        warnings=tuple(warnings),
+    )
