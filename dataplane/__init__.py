@@ -29,7 +29,7 @@ from .model import (
     Service,
     ServicePort,
 )
-#PARSE# from .parse import ParseResult, load_cluster, parse_cluster
+from .parse import ParseResult, load_cluster, parse_cluster
 from .plan import NodePlan, PlanEndpoint, ServicePortPlan, build_plan
 
 __all__ = [

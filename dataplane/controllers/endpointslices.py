@@ -1,0 +1,338 @@
+"""EndpointSlices derived from Pods, as the EndpointSlice controller would create them.
+
+For every Service with a selector (and not ``type: ExternalName``) that has no
+EndpointSlice in the input, :func:`derive_endpoint_slices` builds the slices
+the controller would create from scratch:
+
+* the Pods of the Service's namespace whose labels carry every ``key=value``
+  of the selector, leaving out Pods in phase Succeeded or Failed;
+* one set of slices per address family the Service uses (its ``ipFamilies``,
+  else the families of its ``clusterIPs``, else IPv4), each Pod contributing
+  its IP of that family, if it has one;
+* endpoint conditions ``serving`` = the Pod's Ready condition,
+  ``terminating`` = deletionTimestamp set, ``ready`` = serving and not
+  terminating (always true with ``publishNotReadyAddresses``);
+* ``nodeName``, the zone from the Node's ``topology.kubernetes.io/zone``
+  label, the hostname when the Pod's ``subdomain`` is the Service's name, and a
+  Pod ``targetRef``;
+* ports named and typed like the Service ports, the number being the
+  ``targetPort`` resolved for each Pod (a named port is looked up among the
+  Pod's container ports of the same protocol; a Pod without it gets no entry
+  for that port), Pods grouped by their resolved port list, at most 100
+  endpoints per slice;
+* a placeholder slice without ports or endpoints when a family has no
+  endpoints at all.
+
+Differences from the live controller, all deliberate: slice names end in five
+characters derived from a hash of the slice (the API server picks them at
+random), so runs are reproducible; Pods on Nodes the input does not describe
+are kept (the controller skips them until their Node appears), since an input
+usually describes only some Nodes; and a Service without any clusterIP is not
+labelled headless (only ``clusterIP: None`` is), since such a Service has merely
+not been allocated yet.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import replace
+from typing import Any, Iterable, Optional, Sequence
+
+from ..ipaddrs import ip_family
+from ..model import (
+    LABEL_HEADLESS,
+    LABEL_SERVICE_NAME,
+    Cluster,
+    Endpoint,
+    EndpointConditions,
+    EndpointPort,
+    EndpointSlice,
+    Labels,
+    Node,
+    ObjectRef,
+    Pod,
+    Service,
+    ServicePort,
+)
+
+LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+CONTROLLER_NAME = "endpointslice-controller.k8s.io"
+MAX_ENDPOINTS_PER_SLICE = 100
+
+# The API server's generateName: base cut to 63 - 5 characters, then 5 characters
+# from this alphabet (no vowels, no confusable digits).
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_NAME_SUFFIX_LENGTH = 5
+_MAX_NAME_BASE = 63 - _NAME_SUFFIX_LENGTH
+_RESERVED_LABELS = frozenset({LABEL_SERVICE_NAME, LABEL_MANAGED_BY, LABEL_HEADLESS})
+_TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+PortList = tuple[EndpointPort, ...]
+
+
+# ------------------------------------------------------------------ selection
+
+
+def wants_slices(svc: Service) -> bool:
+    """True if the controller manages slices for ``svc``: it has a selector and is not ExternalName."""
+    return bool(svc.selector) and svc.type != "ExternalName"
+
+
+def selects(selector: Labels, pod: Pod) -> bool:
+    """True if ``pod`` carries every ``key=value`` of ``selector``."""
+    labels = dict(pod.labels)
+    return all(labels.get(key) == value for key, value in selector)
+
+
+def pod_is_eligible(pod: Pod) -> bool:
+    """True unless the Pod has finished (phase Succeeded or Failed) or has no IP at all."""
+    return pod.phase not in _TERMINAL_PHASES and bool(pod.pod_ips)
+
+
+def address_families(svc: Service) -> tuple[str, ...]:
+    """The address types of the Service's slices: its ipFamilies, else its clusterIPs' families, else IPv4."""
+    if svc.ip_families:
+        return tuple(dict.fromkeys(svc.ip_families))
+    families: list[str] = []
+    for ip in svc.cluster_ips:
+        try:
+            families.append(ip_family(ip))
+        except ValueError:
+            continue  # "None", "" or garbage: says nothing about the family
+    return tuple(dict.fromkeys(families)) or ("IPv4",)
+
+
+# ---------------------------------------------------------------------- ports
+
+
+def resolve_target_port(svc_port: ServicePort, pod: Pod) -> Optional[int]:
+    """The Pod port a Service port leads to, or None if a named targetPort is not on the Pod."""
+    target = svc_port.target_port
+    if target is None or target == 0 or target == "":
+        return svc_port.port
+    if isinstance(target, int):
+        return target
+    for container_port in pod.container_ports:
+        if container_port.name == target and container_port.protocol == svc_port.protocol:
+            return container_port.container_port
+    return None
+
+
+def endpoint_ports(svc: Service, pod: Pod) -> PortList:
+    """The slice ports for ``pod``, in Service port order, without ports the Pod cannot resolve."""
+    ports = []
+    for svc_port in svc.ports:
+        number = resolve_target_port(svc_port, pod)
+        if number is not None:
+            ports.append(EndpointPort(port=number, protocol=svc_port.protocol, name=svc_port.name))
+    return tuple(ports)
+
+
+# ------------------------------------------------------------------ endpoints
+
+
+def pod_endpoint(pod: Pod, svc: Service, family: str, node: Optional[Node]) -> Optional[Endpoint]:
+    """The endpoint ``pod`` contributes to ``svc``'s slices of ``family``; None if it has no such IP."""
+    addresses = tuple(ip for ip in pod.pod_ips if _family_or_none(ip) == family)
+    if not addresses:
+        return None
+    serving = pod.ready
+    terminating = pod.terminating
+    ready = svc.publish_not_ready_addresses or (serving and not terminating)
+    hostname = pod.hostname if pod.hostname and pod.subdomain == svc.name else None
+    return Endpoint(
+        addresses=addresses,
+        conditions=EndpointConditions(ready=ready, serving=serving, terminating=terminating),
+        node_name=pod.node_name or None,
+        zone=(node.zone or None) if node is not None else None,
+        hostname=hostname,
+        target_ref_name=pod.name,
+    )
+
+
+def _family_or_none(ip: str) -> Optional[str]:
+    try:
+        return ip_family(ip)
+    except ValueError:
+        return None
+
+
+def _endpoint_order(endpoint: Endpoint) -> tuple[int, int, str]:
+    """Sort key: first address numerically (IPv4 before IPv6), then the Pod name."""
+    address = ipaddress.ip_address(endpoint.addresses[0])
+    return (address.version, int(address), endpoint.target_ref_name or "")
+
+
+def _ports_order(ports: PortList) -> tuple[tuple[str, str, int], ...]:
+    return tuple((p.name, p.protocol, p.port or 0) for p in ports)
+
+
+# --------------------------------------------------------------------- slices
+
+
+def slice_labels(svc: Service) -> Labels:
+    """The labels of ``svc``'s slices: its own labels minus the reserved ones, plus the controller's."""
+    labels = {key: value for key, value in svc.labels if key not in _RESERVED_LABELS}
+    if svc.is_headless:
+        labels[LABEL_HEADLESS] = ""
+    labels[LABEL_SERVICE_NAME] = svc.name
+    labels[LABEL_MANAGED_BY] = CONTROLLER_NAME
+    return tuple(sorted(labels.items()))
+
+
+def slice_name(svc: Service, family: str, ports: PortList, endpoints: Sequence[Endpoint], attempt: int = 0) -> str:
+    """``<service>-<5 characters>``, the characters derived from a hash of the slice's content."""
+    content = json.dumps(
+        {
+            "namespace": svc.namespace,
+            "service": svc.name,
+            "addressType": family,
+            "ports": [[p.name, p.protocol, p.port] for p in ports],
+            "endpoints": [_endpoint_json(e, svc.namespace) for e in endpoints],
+            "attempt": attempt,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(content.encode()).digest()
+    suffix = "".join(_NAME_ALPHABET[b % len(_NAME_ALPHABET)] for b in digest[:_NAME_SUFFIX_LENGTH])
+    return f"{svc.name}-"[:_MAX_NAME_BASE] + suffix
+
+
+def _unique_name(
+    svc: Service, family: str, ports: PortList, endpoints: Sequence[Endpoint], taken: set[tuple[str, str]]
+) -> str:
+    """A slice name not yet used in the Service's namespace; records it in ``taken``."""
+    attempt = 0
+    name = slice_name(svc, family, ports, endpoints)
+    while (svc.namespace, name) in taken:
+        attempt += 1
+        name = slice_name(svc, family, ports, endpoints, attempt)
+    taken.add((svc.namespace, name))
+    return name
+
+
+def _make_slice(
+    svc: Service, family: str, ports: PortList, endpoints: Sequence[Endpoint], taken: set[tuple[str, str]]
+) -> EndpointSlice:
+    name = _unique_name(svc, family, ports, endpoints, taken)
+    return EndpointSlice(
+        namespace=svc.namespace,
+        name=name,
+        service_name=svc.name,
+        address_type=family,
+        endpoints=tuple(endpoints),
+        ports=ports,
+        labels=slice_labels(svc),
+        ref=ObjectRef("EndpointSlice", svc.namespace, name, source=svc.ref.source, index=0),
+    )
+
+
+def _chunks(items: Sequence[Endpoint], size: int) -> Iterable[Sequence[Endpoint]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def slices_for_service(
+    svc: Service,
+    pods: Iterable[Pod],
+    nodes: dict[str, Node],
+    taken: set[tuple[str, str]],
+) -> list[EndpointSlice]:
+    """The slices the controller creates for one Service from ``pods`` (any namespace; filtered here)."""
+    selector = svc.selector or ()
+    members = sorted(
+        (p for p in pods if p.namespace == svc.namespace and selects(selector, p) and pod_is_eligible(p)),
+        key=lambda p: p.name,
+    )
+    slices: list[EndpointSlice] = []
+    for family in address_families(svc):
+        groups: dict[PortList, list[Endpoint]] = {}
+        for pod in members:
+            node = nodes.get(pod.node_name) if pod.node_name else None
+            endpoint = pod_endpoint(pod, svc, family, node)
+            if endpoint is not None:
+                groups.setdefault(endpoint_ports(svc, pod), []).append(endpoint)
+        if not groups:
+            slices.append(_make_slice(svc, family, (), (), taken))
+            continue
+        for ports in sorted(groups, key=_ports_order):
+            endpoints = sorted(groups[ports], key=_endpoint_order)
+            for chunk in _chunks(endpoints, MAX_ENDPOINTS_PER_SLICE):
+                slices.append(_make_slice(svc, family, ports, chunk, taken))
+    return slices
+
+
+def derive_endpoint_slices(cluster: Cluster) -> tuple[EndpointSlice, ...]:
+    """Slices for every selector Service without EndpointSlices in the input, in namespace/name order."""
+    covered = {(s.namespace, s.service_name) for s in cluster.endpoint_slices if s.service_name}
+    taken = {(s.namespace, s.name) for s in cluster.endpoint_slices}
+    nodes = {n.name: n for n in cluster.nodes}
+    pods_by_namespace: dict[str, list[Pod]] = {}
+    for pod in cluster.pods:
+        pods_by_namespace.setdefault(pod.namespace, []).append(pod)
+    out: list[EndpointSlice] = []
+    for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
+        if not wants_slices(svc) or svc.key in covered:
+            continue
+        covered.add(svc.key)  # a duplicated Service gets its slices once
+        out.extend(slices_for_service(svc, pods_by_namespace.get(svc.namespace, ()), nodes, taken))
+    return tuple(out)
+
+
+def with_derived_slices(cluster: Cluster) -> Cluster:
+    """``cluster`` with :func:`derive_endpoint_slices` appended to its EndpointSlices."""
+    derived = derive_endpoint_slices(cluster)
+    if not derived:
+        return cluster
+    return replace(cluster, endpoint_slices=cluster.endpoint_slices + derived)
+
+
+# ------------------------------------------------------------------ manifests
+
+
+def _endpoint_json(endpoint: Endpoint, namespace: str) -> dict[str, Any]:
+    """One ``endpoints[]`` entry as the API shows it."""
+    out: dict[str, Any] = {
+        "addresses": list(endpoint.addresses),
+        "conditions": {
+            "ready": endpoint.conditions.ready,
+            "serving": endpoint.conditions.serving,
+            "terminating": endpoint.conditions.terminating,
+        },
+    }
+    if endpoint.hostname is not None:
+        out["hostname"] = endpoint.hostname
+    if endpoint.target_ref_name is not None:
+        out["targetRef"] = {"kind": "Pod", "namespace": namespace, "name": endpoint.target_ref_name}
+    if endpoint.node_name is not None:
+        out["nodeName"] = endpoint.node_name
+    if endpoint.zone is not None:
+        out["zone"] = endpoint.zone
+    if endpoint.hints_for_zones is not None:
+        out["hints"] = {"forZones": [{"name": zone} for zone in endpoint.hints_for_zones]}
+    return out
+
+
+def _port_json(port: EndpointPort) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": port.name, "protocol": port.protocol}
+    if port.port is not None:
+        out["port"] = port.port
+    return out
+
+
+def slice_to_manifest(eps: EndpointSlice) -> dict[str, Any]:
+    """One EndpointSlice as a ``discovery.k8s.io/v1`` object."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": eps.name, "namespace": eps.namespace, "labels": dict(eps.labels)},
+        "addressType": eps.address_type,
+        "endpoints": [_endpoint_json(e, eps.namespace) for e in eps.endpoints],
+        "ports": [_port_json(p) for p in eps.ports],
+    }
+
+
+def slices_to_manifests(slices: Iterable[EndpointSlice]) -> list[dict[str, Any]]:
+    """EndpointSlices as ``discovery.k8s.io/v1`` objects, in the given order."""
+    return [slice_to_manifest(eps) for eps in slices]

@@ -1,0 +1,153 @@
+"""The API server's ClusterIP allocator for one service CIDR (``--service-cluster-ip-range``).
+
+The bitmap covers the usable addresses of the CIDR: the network address is
+never handed out, nor is the IPv4 broadcast address, and an IPv6 bitmap is
+capped at 65536 addresses (minus the network address). Slot 0 is
+``network + 1``. The static band (KEP-3070) is the lowest
+``min(max(16, cidrSize // 16), 256)`` slots, where ``cidrSize`` counts the
+whole CIDR; CIDRs of 16 addresses or fewer have none.
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Optional
+
+from ..ipaddrs import IPNetwork, parse_cidr, parse_ip
+from .portallocator import (
+    AlreadyAllocatedError,
+    MismatchedRangeError,
+    NotInRangeError,
+    RangeAllocation,
+    RangeBitmap,
+    RangeFullError,
+    make_rng,
+)
+
+IPV6_BITMAP_CAP = 65536
+
+_CIDR_OFFSET_MIN = 16
+_CIDR_OFFSET_MAX = 256
+_CIDR_OFFSET_STEP = 16
+
+
+def cidr_range_offset(cidr: IPNetwork | str) -> int:
+    """Size of the static band of a service CIDR (0 for CIDRs of 16 addresses or fewer)."""
+    network = parse_cidr(cidr) if isinstance(cidr, str) else cidr
+    cidr_size = network.num_addresses
+    if cidr_size <= _CIDR_OFFSET_MIN:
+        return 0
+    return min(max(_CIDR_OFFSET_MIN, cidr_size // _CIDR_OFFSET_STEP), _CIDR_OFFSET_MAX)
+
+
+def usable_size(network: IPNetwork) -> int:
+    """How many addresses of ``network`` the bitmap holds."""
+    size = network.num_addresses
+    if network.version == 6:
+        size = min(size, IPV6_BITMAP_CAP)
+    else:
+        size -= 1  # broadcast
+    return max(size - 1, 0)  # network address
+
+
+class IPAllocator:
+    """Hands out ClusterIPs from one service CIDR."""
+
+    def __init__(
+        self,
+        cidr: IPNetwork | str,
+        *,
+        rng: Optional[random.Random] = None,
+        seed: Optional[int] = None,
+    ):
+        self.cidr: IPNetwork = parse_cidr(cidr) if isinstance(cidr, str) else cidr
+        self.family = "IPv4" if self.cidr.version == 4 else "IPv6"
+        size = usable_size(self.cidr)
+        self.offset = min(cidr_range_offset(self.cidr), size)
+        self._base = int(self.cidr.network_address) + 1
+        self._bitmap = RangeBitmap(size, self.offset, make_rng(rng, seed))
+
+    @property
+    def first(self) -> Optional[str]:
+        """The first allocatable address (slot 0), or None for a CIDR without any."""
+        return self._address(0) if self._bitmap.size else None
+
+    def allocate(self, ip: str) -> None:
+        """Reserve ``ip``; NotInRangeError or AlreadyAllocatedError if that is impossible."""
+        slot = self._slot(ip)
+        if slot is None:
+            raise NotInRangeError(
+                f"the provided IP ({_display(ip)}) is not in the valid range. The range of valid IPs is {self.cidr}"
+            )
+        if not self._bitmap.allocate(slot):
+            raise AlreadyAllocatedError("provided IP is already allocated")
+
+    def allocate_next(self) -> str:
+        """Reserve and return a free address, dynamic band first; RangeFullError when none is left."""
+        slot = self._bitmap.allocate_next()
+        if slot is None:
+            raise RangeFullError()
+        return self._address(slot)
+
+    def release(self, ip: str) -> None:
+        """Free ``ip``; a free or out-of-range address is ignored."""
+        slot = self._slot(ip)
+        if slot is not None:
+            self._bitmap.release(slot)
+
+    def has(self, ip: str) -> bool:
+        """True if ``ip`` is allocated."""
+        slot = self._slot(ip)
+        return slot is not None and self._bitmap.has(slot)
+
+    def free(self) -> int:
+        """Number of free addresses."""
+        return self._bitmap.free()
+
+    def used(self) -> int:
+        """Number of allocated addresses."""
+        return self._bitmap.used()
+
+    def allocated(self) -> list[str]:
+        """The allocated addresses in increasing order."""
+        return [self._address(slot) for slot in self._bitmap.slots()]
+
+    def snapshot(self) -> RangeAllocation:
+        """The allocator's state as the API server stores it."""
+        return RangeAllocation(range=str(self.cidr), data=self._bitmap.to_bytes())
+
+    def restore(self, snapshot: RangeAllocation) -> None:
+        """Load a snapshot taken from the same CIDR; MismatchedRangeError otherwise."""
+        try:
+            same = parse_cidr(snapshot.range) == self.cidr
+        except ValueError:
+            same = False
+        if not same:
+            raise MismatchedRangeError("the provided network does not match the current range")
+        try:
+            self._bitmap.load_bytes(snapshot.data)
+        except ValueError as err:
+            raise MismatchedRangeError(str(err)) from None
+
+    def _slot(self, ip: str) -> Optional[int]:
+        """The bitmap slot of ``ip``, or None if it is not an allocatable address of the CIDR."""
+        try:
+            address = parse_ip(ip)
+        except ValueError:
+            return None
+        if address.version != self.cidr.version or address not in self.cidr:
+            return None
+        slot = int(address) - self._base
+        return slot if 0 <= slot < self._bitmap.size else None
+
+    def _address(self, slot: int) -> str:
+        cls = ipaddress.IPv4Address if self.cidr.version == 4 else ipaddress.IPv6Address
+        return str(cls(self._base + slot))
+
+
+def _display(ip: str) -> str:
+    """``ip`` in canonical form when it parses (Go prints the parsed ``net.IP``), else as given."""
+    try:
+        return str(parse_ip(ip))
+    except ValueError:
+        return ip

@@ -1,0 +1,267 @@
+"""Tests for dataplane.loader: reading YAML/JSON manifests into documents."""
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataplane.errors import InputError
+from dataplane.loader import Document, documents_from_text, format_value, load_documents
+
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+"""
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def messages(err: InputError) -> list[str]:
+    return [str(p) for p in err.problems]
+
+
+# ------------------------------------------------------------------- formats
+
+
+def test_multi_document_yaml_numbers_documents(tmp_path):
+    path = write(tmp_path, "all.yaml", SERVICE + "---\n" + SERVICE.replace("web", "api"))
+    docs = load_documents([path])
+    assert [(d.source, d.index, d.obj["metadata"]["name"]) for d in docs] == [
+        (path, 1, "web"),
+        (path, 2, "api"),
+    ]
+
+
+def test_empty_documents_are_skipped_but_keep_their_position(tmp_path):
+    path = write(tmp_path, "gaps.yaml", "---\n# only a comment\n---\n" + SERVICE + "---\n")
+    docs = load_documents([path])
+    assert [d.index for d in docs] == [2]
+
+
+def test_json_file(tmp_path):
+    obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}
+    path = write(tmp_path, "svc.json", json.dumps(obj, indent=2))
+    assert load_documents([path]) == [Document(path, 1, obj)]
+
+
+def test_concatenated_json_values_are_documents(tmp_path):
+    one = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}}
+    two = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}}
+    path = write(tmp_path, "stream.json", json.dumps(one) + "\n" + json.dumps(two))
+    assert [d.obj for d in load_documents([path])] == [one, two]
+
+
+def test_json_looking_yaml_flow_style_is_read_as_yaml(tmp_path):
+    path = write(tmp_path, "flow.yaml", "{apiVersion: v1, kind: Service, metadata: {name: web}}\n")
+    assert load_documents([path])[0].obj["metadata"] == {"name": "web"}
+
+
+def test_list_items_become_documents_numbered_consecutively(tmp_path):
+    text = """\
+    apiVersion: v1
+    kind: List
+    items:
+    - {apiVersion: v1, kind: Service, metadata: {name: a}}
+    - {apiVersion: v1, kind: Service, metadata: {name: b}}
+    - {apiVersion: v1, kind: Node, metadata: {name: n1}}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: c}
+    """
+    path = write(tmp_path, "list.yaml", text)
+    docs = load_documents([path])
+    assert [(d.index, d.obj["kind"], d.obj["metadata"]["name"]) for d in docs] == [
+        (1, "Service", "a"),
+        (2, "Service", "b"),
+        (3, "Node", "n1"),
+        (4, "Service", "c"),
+    ]
+
+
+def test_typed_list_items_inherit_api_version_and_kind(tmp_path):
+    obj = {
+        "apiVersion": "v1",
+        "kind": "ServiceList",
+        "items": [{"metadata": {"name": "a"}}, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}}],
+    }
+    path = write(tmp_path, "list.json", json.dumps(obj))
+    docs = load_documents([path])
+    assert [(d.obj["apiVersion"], d.obj["kind"], d.obj["metadata"]["name"]) for d in docs] == [
+        ("v1", "Service", "a"),
+        ("v1", "Service", "b"),
+    ]
+
+
+def test_empty_list_yields_nothing(tmp_path):
+    path = write(tmp_path, "empty.yaml", "apiVersion: v1\nkind: List\nitems: []\n")
+    assert load_documents([path]) == []
+
+
+def test_list_problems(tmp_path):
+    text = """\
+    apiVersion: v1
+    kind: List
+    items:
+    - {apiVersion: v1, kind: List, items: []}
+    - 42
+    - {kind: Service}
+    ---
+    apiVersion: v1
+    kind: List
+    items: oops
+    """
+    path = write(tmp_path, "bad-list.yaml", text)
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [
+        f'{path}: document 1: kind: Invalid value: "List": a List may not contain another List',
+        f"{path}: document 2: a manifest document must be a mapping with apiVersion and kind, not a number",
+        f"{path}: document 3: apiVersion: Required value",
+        f'{path}: document 4: List: items: Invalid value: "oops": must be a list',
+    ]
+
+
+# ---------------------------------------------------------------------- stdin
+
+
+def test_dash_reads_stdin():
+    docs = load_documents(["-"], stdin=io.StringIO(SERVICE))
+    assert docs == [Document("<stdin>", 1, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}})]
+
+
+def test_stdin_json_is_detected_by_content():
+    text = json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
+    assert load_documents(["-"], stdin=io.StringIO(text))[0].obj["kind"] == "Node"
+
+
+def test_stdin_given_twice_is_a_problem():
+    with pytest.raises(InputError) as info:
+        load_documents(["-", "-"], stdin=io.StringIO(SERVICE))
+    assert messages(info.value) == ["<stdin>: standard input (-) was given more than once"]
+
+
+def test_files_and_stdin_keep_their_own_numbering(tmp_path):
+    path = write(tmp_path, "a.yaml", SERVICE)
+    docs = load_documents([path, "-"], stdin=io.StringIO(SERVICE))
+    assert [(d.source, d.index) for d in docs] == [(path, 1), ("<stdin>", 1)]
+
+
+# -------------------------------------------------------------------- problems
+
+
+def test_missing_file_is_one_problem_naming_it(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(InputError) as info:
+        load_documents([missing])
+    assert messages(info.value) == [f"{missing}: cannot read: No such file or directory"]
+
+
+def test_directory_is_a_problem(tmp_path):
+    with pytest.raises(InputError) as info:
+        load_documents([str(tmp_path)])
+    assert messages(info.value) == [f"{tmp_path}: cannot read: Is a directory"]
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = write(tmp_path, "bad.yaml", "apiVersion: v1\nkind: Service\n  metadata: x\n")
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [
+        f"{path}: line 3, column 11: cannot parse YAML: mapping values are not allowed in this context"
+    ]
+
+
+def test_json_syntax_error_names_line_and_column(tmp_path):
+    path = write(tmp_path, "bad.json", '{\n  "apiVersion": "v1",\n}\n')
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [
+        f"{path}: line 3, column 1: cannot parse JSON: Expecting property name enclosed in double quotes"
+    ]
+
+
+def test_not_utf8_is_a_problem(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(InputError) as info:
+        load_documents([str(path)])
+    assert messages(info.value) == [f"{path}: cannot read: not UTF-8 text (invalid continuation byte at byte 9)"]
+
+
+def test_documents_must_be_mappings_with_api_version_and_kind(tmp_path):
+    text = "- a\n- b\n---\njust text\n---\nkind: Service\n---\napiVersion: 1\nkind: [x]\n"
+    path = write(tmp_path, "odd.yaml", text)
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [
+        f"{path}: document 1: a manifest document must be a mapping with apiVersion and kind, not a list",
+        f"{path}: document 2: a manifest document must be a mapping with apiVersion and kind, not a string",
+        f"{path}: document 3: apiVersion: Required value",
+        f"{path}: document 4: apiVersion: Invalid value: 1: must be a string",
+        f'{path}: document 4: kind: Invalid value: []string{{"x"}}: must be a string',
+    ]
+
+
+def test_problems_of_every_file_are_reported_together(tmp_path):
+    good = write(tmp_path, "good.yaml", SERVICE)
+    bad = write(tmp_path, "bad.yaml", "a: [\n")
+    missing = str(tmp_path / "missing.yaml")
+    with pytest.raises(InputError) as info:
+        load_documents([bad, good, missing])
+    assert [p.source for p in info.value.problems] == [bad, missing]
+
+
+def test_deeply_nested_input_is_a_problem_not_a_crash(tmp_path):
+    path = write(tmp_path, "deep.json", "[" * 100_000)
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [f"{path}: cannot parse JSON: nested too deeply"]
+
+
+def test_self_referencing_yaml_alias_is_harmless(tmp_path):
+    path = write(tmp_path, "alias.yaml", "apiVersion: v1\nkind: Service\nmetadata: &m {name: web, self: *m}\n")
+    assert load_documents([path])[0].obj["metadata"]["name"] == "web"
+
+
+def test_format_value_looks_like_the_api_server():
+    assert format_value("x") == '"x"'
+    assert format_value(70000) == "70000"
+    assert format_value(True) == "true"
+    assert format_value(None) == "null"
+    assert format_value(["10.0.0.1", "10.0.0.2"]) == '[]string{"10.0.0.1", "10.0.0.2"}'
+    assert format_value({"a": [1]}) == '{"a": [1]}'
+    loop: list = []
+    loop.append(loop)
+    assert format_value(loop) == "<list>"
+
+
+# ----------------------------------------------------------------------- fuzz
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_text_gives_documents_or_problems(text):
+    documents, problems = documents_from_text(text, "fuzz.yaml")
+    assert all(isinstance(d.obj, dict) for d in documents)
+    assert all(p.source == "fuzz.yaml" for p in problems)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary())
+def test_any_bytes_load_or_raise_input_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "input.yaml"
+    path.write_bytes(data)
+    try:
+        load_documents([str(path)])
+    except InputError:
+        pass
