@@ -19,6 +19,13 @@ EXAMPLES = {
   dataplane compile -f examples/cluster.yaml --node node-a
   dataplane compile -f svc.yaml -f slices.json --node node-a --backend nftables --ip-family ipv6 -o rules.nft
   kubectl get svc,endpointslices,nodes -A -o yaml | dataplane compile -f - --node node-a""",
+    "allocate": """examples:
+  dataplane allocate -f examples/cluster.yaml
+  dataplane allocate -f svc.yaml --service-cluster-ip-range 10.96.0.0/12,fd00:96::/108 --state alloc.json -o filled.yaml
+  dataplane allocate -f svc.yaml --service-node-port-range 30000-30999 --seed 1 --format json""",
+    "endpoints": """examples:
+  dataplane endpoints -f examples/cluster.yaml
+  kubectl get svc,pods,nodes -n shop -o yaml | dataplane endpoints -f -""",
     "apply": """examples:
   ip netns add demo
   dataplane apply -f examples/cluster.yaml --node node-a --netns demo
@@ -38,6 +45,14 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"), default="ipv4", help="IP family (default ipv4)")
 
 
+def _add_allocation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--service-cluster-ip-range", default="10.96.0.0/12", metavar="CIDR[,CIDR]",
+                   help="ClusterIP range(s), one per family (default 10.96.0.0/12)")
+    p.add_argument("--service-node-port-range", default="30000-32767", metavar="N1-N2",
+                   help="NodePort range, inclusive (default 30000-32767)")
+    p.add_argument("--seed", type=int, help="seed for the random allocation start, for reproducible runs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dataplane",
@@ -53,7 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input(p)
     _add_target(p)
     p.add_argument("-o", "--output", metavar="OUT", help="write the rules to OUT instead of stdout")
+    p.add_argument("--allocate", action="store_true",
+                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
+    _add_allocation(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("allocate", help="fill in ClusterIPs and NodePorts as the API server would",
+                       description="Print the input objects with spec.clusterIP(s), spec.ports[].nodePort and "
+                                   "spec.healthCheckNodePort filled where the API server would fill them "
+                                   "(static subranges of KEP-3070 and KEP-3668 included).",
+                       epilog=EXAMPLES["allocate"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_input(p)
+    _add_allocation(p)
+    p.add_argument("--state", metavar="FILE",
+                   help="JSON file keeping allocations across runs (created if missing)")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of stdout")
+    p.set_defaults(func=cmd_allocate)
+
+    p = sub.add_parser("endpoints", help="print the EndpointSlices the controller derives from Pods",
+                       description="For Services with a selector and no EndpointSlices in the input, print the "
+                                   "EndpointSlices the EndpointSlice controller would make from the Pods.",
+                       epilog=EXAMPLES["endpoints"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_input(p)
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of stdout")
+    p.set_defaults(func=cmd_endpoints)
 
     p = sub.add_parser("apply", help="load a node's rules into a network namespace",
                        description="Compile the rules for a node and load them into an existing network namespace "
@@ -71,12 +111,38 @@ def _warn(messages: Sequence[str]) -> None:
         print(f"warning: {m}", file=sys.stderr)
 
 
-def _load(files: Sequence[str]):
-    from .parse import load_cluster
+def _load_docs(files: Sequence[str]):
+    """Read and validate the input: (documents, cluster)."""
+    from .loader import load_documents
+    from .parse import parse_cluster
 
-    result = load_cluster(files, stdin=sys.stdin)
+    docs = load_documents(files, stdin=sys.stdin)
+    result = parse_cluster(docs)
     _warn(result.warnings)
-    return result.cluster
+    return docs, result.cluster
+
+
+def _load(files: Sequence[str]):
+    return _load_docs(files)[1]
+
+
+def _allocate(cluster, args: argparse.Namespace, state=None):
+    from .controllers.allocation import allocate_cluster
+
+    return allocate_cluster(cluster, service_cidrs=args.service_cluster_ip_range,
+                            node_port_range=args.service_node_port_range, state=state, seed=args.seed)
+
+
+def _dump(objects: list, fmt: str) -> str:
+    import json
+
+    import yaml
+
+    if fmt == "json":
+        if len(objects) == 1:
+            return json.dumps(objects[0], indent=2) + "\n"
+        return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n"
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
 
 
 def _write_output(text: str, path: Optional[str]) -> None:
@@ -98,10 +164,40 @@ def _write_output(text: str, path: Optional[str]) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_rules
 
+    from .controllers.endpointslices import with_derived_slices
+
     cluster = _load(args.files)
+    if args.allocate:
+        cluster = _allocate(cluster, args).cluster
+    cluster = with_derived_slices(cluster)
     result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family)
     _warn(result.warnings)
     _write_output(result.text, args.output)
+    return 0
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from .controllers.allocation import AllocationState, fill_documents
+
+    docs, cluster = _load_docs(args.files)
+    state = None
+    if args.state and os.path.exists(args.state):
+        state = AllocationState.load(args.state)
+    result = _allocate(cluster, args, state)
+    _write_output(_dump(fill_documents(docs, result), args.format), args.output)
+    if args.state:
+        result.state.save(args.state)
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from .controllers.endpointslices import derive_endpoint_slices, slices_to_manifests
+
+    cluster = _load(args.files)
+    slices = derive_endpoint_slices(cluster)
+    if not slices:
+        print("warning: no Service with a selector lacks EndpointSlices; nothing to derive", file=sys.stderr)
+    _write_output(_dump(slices_to_manifests(slices), args.format) if slices else "", args.output)
     return 0
 
 

@@ -522,7 +522,11 @@ def build_plan(
     index = _slice_index(cluster.endpoint_slices, family)
     services: list[ServicePortPlan] = []
     for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
-        if should_skip_service(svc):
+        why = should_skip_service(svc)
+        if why == "no clusterIP":
+            warnings.append(f"{svc.ref.where()}: spec.clusterIP: not set, so the Service gets no rules "
+                            "(kube-proxy skips it); `dataplane compile --allocate` fills it in as the API server would")
+        if why:
             continue
         slices = index.get(svc.key, ())
         for port in svc.ports:
