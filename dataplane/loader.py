@@ -117,7 +117,7 @@ def documents_from_text(
         if raw is None:
             position += 1  # an empty document still occupies a position
             continue
-        for obj, obj_problems in _flatten(raw, source, position):
+        for obj, obj_problems in _flatten(raw, source):
             position += 1
             if obj_problems is not None:
                 problems.extend(_renumber(obj_problems, position))
@@ -139,6 +139,9 @@ def _parse_text(text: str, json_hint: bool) -> list[Any]:
         except json.JSONDecodeError as err:
             if json_hint:
                 raise _ParseFailure(f"line {err.lineno}, column {err.colno}: cannot parse JSON: {err.msg}") from None
+        except ValueError as err:  # e.g. an integer beyond Python's digit limit
+            if json_hint:
+                raise _ParseFailure(f"cannot parse JSON: {_value_error_text(err)}") from None
         except RecursionError:
             raise _ParseFailure("cannot parse JSON: nested too deeply") from None
     return _parse_yaml_stream(text)
@@ -170,6 +173,9 @@ def _parse_yaml_stream(text: str) -> list[Any]:
         raise _ParseFailure(f"cannot parse YAML: {detail}") from None
     except RecursionError:
         raise _ParseFailure("cannot parse YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # PyYAML's constructors raise these for scalars such as the date 2024-13-45.
+        raise _ParseFailure(f"cannot parse YAML: invalid value: {_value_error_text(err)}") from None
 
 
 def _yaml_error_text(err: yaml.MarkedYAMLError) -> str:
@@ -184,6 +190,11 @@ def _yaml_error_text(err: yaml.MarkedYAMLError) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _value_error_text(err: Exception) -> str:
+    """The first clause of a Python conversion error, on one line."""
+    return _one_line(str(err).split(";")[0])
 
 
 # ------------------------------------------------------------------ flattening
@@ -203,7 +214,7 @@ def is_list_kind(obj: Any) -> bool:
     return kind == "List" or (kind.endswith("List") and "items" in obj)
 
 
-def _flatten(raw: Any, source: str, position: int) -> Iterator[_Flat]:
+def _flatten(raw: Any, source: str) -> Iterator[_Flat]:
     """Yield the objects of one raw document: itself, or the items of a List."""
     if not is_list_kind(raw):
         yield raw, None

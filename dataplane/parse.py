@@ -716,13 +716,13 @@ def _service_port(
 def _target_port(c: _Checker, item: dict, path: str) -> int | str | None:
     """``targetPort``: a port number (digits in a string count) or an IANA_SVC_NAME; 0/"" unset."""
     value = item.get("targetPort")
-    if value is None or value == 0 or value == "":
-        return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, str, type(None))):
         c.invalid(path, value, "must be an integer or a string")
         return None
+    if not value:  # unset, 0 or "": defaulted to the port by the API server
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
     if isinstance(value, int):
         c.all_invalid(path, value, port_number_errors(value))
         return value
@@ -850,6 +850,7 @@ def _load_balancer_ingress(c: _Checker, obj: dict) -> tuple[LoadBalancerIngress,
 
 
 def _ingress(c: _Checker, path: str, item: dict) -> LoadBalancerIngress:
+    """One ingress point: an IP (canonical) and/or a DNS name; ipMode only with an IP."""
     ip = c.get_str(item, "ip", _child(path, "ip")) or None
     canonical_ip = c.ip(_child(path, "ip"), ip) if ip else None
     hostname = c.get_str(item, "hostname", _child(path, "hostname")) or None
@@ -1100,19 +1101,38 @@ def _node_addresses(c: _Checker, obj: dict) -> tuple[NodeAddress, ...]:
 
 
 def _pod_cidrs(c: _Checker, spec: dict) -> tuple[str, ...]:
-    """``spec.podCIDRs`` (or the older ``spec.podCIDR``): CIDRs, at most one per family."""
+    """``spec.podCIDRs`` (or the older ``spec.podCIDR``): CIDRs, at most one per family, canonical."""
     path = "spec.podCIDRs"
-    values = c.get_strs(spec, "podCIDRs", path) or []
+    entries: list[tuple[str, Optional[str]]] = [
+        (_index(path, i), value) for i, value in enumerate(c.get_strs(spec, "podCIDRs", path) or [])
+    ]
     single = c.get_str(spec, "podCIDR", "spec.podCIDR")
-    paths = [_index(path, i) for i in range(len(values))]
-    if not values and single:
-        values, paths = [single], ["spec.podCIDR"]
-    cidrs = [c.cidr(p, value) for p, value in zip(paths, values)]
-    if None in cidrs:
+    if not entries and single:
+        entries = [("spec.podCIDR", single)]
+    return _one_per_family(c, path, entries, c.cidr, ipaddrs.cidr_family, "CIDR")
+
+
+def _one_per_family(
+    c: _Checker,
+    path: str,
+    entries: list[tuple[str, Optional[str]]],
+    canonical: Callable[[str, str], Optional[str]],
+    family: Callable[[str], str],
+    noun: str,
+) -> tuple[str, ...]:
+    """Canonical forms of ``(path, value)`` entries that must all be valid, at most one per IP family.
+
+    A None value (already reported as the wrong type) or an invalid one yields ``()``.
+    """
+    if any(value is None for _, value in entries):
         return ()
-    if len(cidrs) > 1 and (len(cidrs) > 2 or not ipaddrs.is_dual_stack([ipaddrs.cidr_family(x) for x in cidrs])):
-        c.invalid(path, values, "may specify no more than one CIDR for each IP family")
-    return tuple(cidrs)
+    result = [canonical(entry_path, value) for entry_path, value in entries if value is not None]
+    if None in result:
+        return ()
+    values = [value for _, value in entries]
+    if len(result) > 1 and (len(result) > 2 or not ipaddrs.is_dual_stack([family(x) for x in result if x])):
+        c.invalid(path, values, f"may specify no more than one {noun} for each IP family")
+    return tuple(x for x in result if x is not None)
 
 
 def _parse_pod(c: _Checker, obj: dict) -> Pod:
@@ -1138,21 +1158,14 @@ def _parse_pod(c: _Checker, obj: dict) -> Pod:
 
 def _pod_ips(c: _Checker, status: dict) -> tuple[str, ...]:
     """``status.podIPs[].ip`` (or ``status.podIP``): IPs, at most one per family, canonical."""
-    entries = [(_child(path, "ip"), item) for path, item in c.get_maps(status, "podIPs", "status.podIPs")]
-    values = [(path, c.get_str(item, "ip", path)) for path, item in entries]
-    if not values:
+    entries = [
+        (_child(path, "ip"), c.get_str(item, "ip", _child(path, "ip")))
+        for path, item in c.get_maps(status, "podIPs", "status.podIPs")
+    ]
+    if not entries:
         single = c.get_str(status, "podIP", "status.podIP")
-        values = [("status.podIP", single)] if single else []
-    ips = []
-    for path, value in values:
-        if value is None:
-            return ()
-        ips.append(c.ip(path, value))
-    if None in ips:
-        return ()
-    if len(ips) > 1 and (len(ips) > 2 or not ipaddrs.is_dual_stack([ipaddrs.ip_family(ip) for ip in ips])):
-        c.invalid("status.podIPs", [v for _, v in values], "may specify no more than one IP for each IP family")
-    return tuple(ips)
+        entries = [("status.podIP", single)] if single else []
+    return _one_per_family(c, "status.podIPs", entries, c.ip, ipaddrs.ip_family, "IP")
 
 
 def _pod_ready(c: _Checker, status: dict) -> bool:
@@ -1427,7 +1440,9 @@ class _ClusterBuilder:
     def _mirrored_slices(self) -> tuple[EndpointSlice, ...]:
         """EndpointSlices for the Endpoints objects the mirroring controller would mirror."""
         services_with_slices = {(s.namespace, s.service_name) for s in self.slices if s.service_name}
-        taken = {(s.namespace, s.name) for s in self.slices}
+        taken: dict[str, set[str]] = {}
+        for es in self.slices:
+            taken.setdefault(es.namespace, set()).add(es.name)
         mirrored: list[EndpointSlice] = []
         for endpoints in self.endpoints:
             reason = mirror_skip_reason(endpoints)
@@ -1436,9 +1451,9 @@ class _ClusterBuilder:
             if reason is not None:
                 self.warnings.append(f"{endpoints.ref.where()}: not mirrored to EndpointSlices: {reason}")
                 continue
-            names = {name for namespace, name in taken if namespace == endpoints.namespace}
+            names = taken.setdefault(endpoints.namespace, set())
             new = endpoints_to_slices(endpoints, names)
-            taken.update((s.namespace, s.name) for s in new)
+            names.update(es.name for es in new)
             mirrored.extend(new)
             skipped = unmirrored_address_count(endpoints)
             if skipped:

@@ -228,6 +228,32 @@ def test_deeply_nested_input_is_a_problem_not_a_crash(tmp_path):
     assert messages(info.value) == [f"{path}: cannot parse JSON: nested too deeply"]
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: 2024-13-45\n", "cannot parse YAML: invalid value: month must be in 1..12"),
+        ("a: !!int x\n", "cannot parse YAML: invalid value: invalid literal for int() with base 10: 'x'"),
+        ("a: " + "9" * 5000 + "\n", "cannot parse YAML: invalid value: Exceeds the limit (4300 digits) "
+                                    "for integer string conversion: value has 5000 digits"),
+    ],
+)
+def test_yaml_values_python_cannot_build_are_problems(tmp_path, text, message):
+    path = write(tmp_path, "values.yaml", text)
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [f"{path}: {message}"]
+
+
+def test_json_number_beyond_the_digit_limit_is_a_problem(tmp_path):
+    path = write(tmp_path, "big.json", '{"a": ' + "9" * 5000 + "}")
+    with pytest.raises(InputError) as info:
+        load_documents([path])
+    assert messages(info.value) == [
+        f"{path}: cannot parse JSON: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits"
+    ]
+
+
 def test_self_referencing_yaml_alias_is_harmless(tmp_path):
     path = write(tmp_path, "alias.yaml", "apiVersion: v1\nkind: Service\nmetadata: &m {name: web, self: *m}\n")
     assert load_documents([path])[0].obj["metadata"]["name"] == "web"
@@ -265,3 +291,34 @@ def test_any_bytes_load_or_raise_input_error(tmp_path_factory, data):
         load_documents([str(path)])
     except InputError:
         pass
+
+
+_YAML_SCALARS = st.one_of(
+    st.sampled_from([
+        "2024-13-45", "2024-01-01", "2024-02-30T10:00:00Z", "!!int x", "!!float y", "!!binary '@@'", "!!str 1",
+        "0x1F", "0o17", "1_000", ".inf", "-.nan", "yes", "~", "null", "'quoted'", '"esc\\u00e9"', "&anchor v",
+        "*anchor", "[a, {b: c}]", "{a: [1, 2]}", "!!python/name:os.system", "|\n  block", "9" * 4400,
+    ]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10),
+)
+
+
+@st.composite
+def _yaml_text(draw) -> str:
+    """Several YAML documents of ``key: value`` lines with tricky scalars, indentation and separators."""
+    lines = []
+    for _ in range(draw(st.integers(1, 8))):
+        indent = "  " * draw(st.integers(0, 2))
+        key = draw(st.sampled_from(["apiVersion", "kind", "metadata", "name", "- a", "spec", "? k", "items"]))
+        lines.append(f"{indent}{key}: {draw(_YAML_SCALARS)}")
+        if draw(st.integers(0, 4)) == 0:
+            lines.append(draw(st.sampled_from(["---", "...", "- x", "#c", "%YAML 1.1"])))
+    return "\n".join(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_yaml_text())
+def test_yaml_like_text_gives_documents_or_problems(text):
+    documents, problems = documents_from_text(text, "fuzz.yaml")
+    assert all(isinstance(d.obj, dict) for d in documents)
+    assert all(p.source == "fuzz.yaml" for p in problems)

@@ -30,7 +30,8 @@ NOT_READY = EndpointConditions(ready=False, serving=False, terminating=False)
 
 
 def endpoints(*subsets: EndpointSubset, name: str = "ext", **kw: Any) -> Endpoints:
-    return Endpoints(namespace="shop", name=name, subsets=subsets, ref=ObjectRef("Endpoints", "shop", name, SRC, 3), **kw)
+    ref = ObjectRef("Endpoints", "shop", name, SRC, 3)
+    return Endpoints(namespace="shop", name=name, subsets=subsets, ref=ref, **kw)
 
 
 def addr(ip: str, **kw: Any) -> EndpointAddress:
@@ -243,7 +244,8 @@ EP = f"{SRC}: document 1: Endpoints shop/ext: "
         ),
         ([{"ports": [{"port": 80}]}], ["subsets[0]: Required value: must specify `addresses` or `notReadyAddresses`"]),
         (
-            [{"addresses": [{"ip": "10.1.0.1"}], "ports": [{"name": "a", "port": 80}, {"port": 81, "protocol": "ICMP"}]}],
+            [{"addresses": [{"ip": "10.1.0.1"}],
+              "ports": [{"name": "a", "port": 80}, {"port": 81, "protocol": "ICMP"}]}],
             ["subsets[0].ports[1].name: Required value",
              'subsets[0].ports[1].protocol: Unsupported value: "ICMP": supported values: "SCTP", "TCP", "UDP"'],
         ),

@@ -267,7 +267,11 @@ def test_load_balancer_status_ingress():
     obj = service(type="LoadBalancer")
     obj["status"] = {
         "loadBalancer": {
-            "ingress": [{"ip": "198.51.100.007"}, {"ip": "198.51.100.8", "ipMode": "Proxy"}, {"hostname": "lb.example.com"}]
+            "ingress": [
+                {"ip": "198.51.100.007"},
+                {"ip": "198.51.100.8", "ipMode": "Proxy"},
+                {"hostname": "lb.example.com"},
+            ]
         }
     }
     (svc,) = parse(obj).cluster.services
@@ -343,7 +347,10 @@ def test_external_traffic_policy_is_ignored_on_internal_services():
             ['spec.ports[0].targetPort: Invalid value: "x_y": '
              "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"],
         ),
-        ({"ports": [{"port": 80, "targetPort": 70000}]}, [f"spec.ports[0].targetPort: Invalid value: 70000: {RANGE_MSG}"]),
+        (
+            {"ports": [{"port": 80, "targetPort": 70000}]},
+            [f"spec.ports[0].targetPort: Invalid value: 70000: {RANGE_MSG}"],
+        ),
         ({"ports": [{"port": 0}]}, [f"spec.ports[0].port: Invalid value: 0: {RANGE_MSG}"]),
         ({"ports": [{"name": "a", "port": 80}, {"port": 81}]}, ["spec.ports[1].name: Required value"]),
         (
@@ -362,7 +369,8 @@ def test_external_traffic_policy_is_ignored_on_internal_services():
         ),
         (
             {"clusterIPs": ["10.0.0.1", "fd00::1", "10.0.0.2"]},
-            ['spec.clusterIPs: Invalid value: []string{"10.0.0.1", "fd00::1", "10.0.0.2"}: may only hold up to 2 values'],
+            ['spec.clusterIPs: Invalid value: []string{"10.0.0.1", "fd00::1", "10.0.0.2"}: '
+             "may only hold up to 2 values"],
         ),
         (
             {"clusterIPs": ["10.0.0.1", "10.0.0.2"]},
@@ -479,7 +487,9 @@ def test_namespace_must_be_a_dns1123_label():
 def test_missing_name():
     obj = service()
     del obj["metadata"]
-    assert problems(obj) == [f"{SRC}: document 1: Service: metadata.name: Required value: name or generateName is required"]
+    assert problems(obj) == [
+        f"{SRC}: document 1: Service: metadata.name: Required value: name or generateName is required"
+    ]
 
 
 def test_labels_are_validated_and_sorted():
@@ -506,6 +516,13 @@ def test_labels_are_validated_and_sorted():
         ({"ports": [{"port": 8.5}]}, ["spec.ports[0].port: Invalid value: 8.5: must be an integer"]),
         ({"ports": [{"port": 80, "targetPort": [1]}]}, ["spec.ports[0].targetPort: Invalid value: [1]: "
                                                         "must be an integer or a string"]),
+        ({"ports": [{"port": 80, "targetPort": False}]}, ["spec.ports[0].targetPort: Invalid value: false: "
+                                                          "must be an integer or a string"]),
+        (
+            {"ports": [{"port": 80, "targetPort": "9" * 20}]},
+            [f'spec.ports[0].targetPort: Invalid value: "{"9" * 20}": must be no more than 15 characters',
+             f'spec.ports[0].targetPort: Invalid value: "{"9" * 20}": must contain at least one letter (a-z)'],
+        ),
         ({"selector": ["app"]}, ['spec.selector: Invalid value: []string{"app"}: must be a mapping']),
         ({"clusterIPs": "10.0.0.1"}, ['spec.clusterIPs: Invalid value: "10.0.0.1": must be a list']),
         ({"clusterIPs": [10]}, ["spec.clusterIPs[0]: Invalid value: 10: must be a string"]),
@@ -580,7 +597,10 @@ ES = f"{SRC}: document 1: EndpointSlice default/web-abc: "
     [
         ({"addressType": None}, ["addressType: Required value"]),
         ({"addressType": "IP"}, ['addressType: Unsupported value: "IP": supported values: "FQDN", "IPv4", "IPv6"']),
-        ({"endpoints": [{"addresses": []}]}, ["endpoints[0].addresses: Required value: must contain at least 1 address"]),
+        (
+            {"endpoints": [{"addresses": []}]},
+            ["endpoints[0].addresses: Required value: must contain at least 1 address"],
+        ),
         (
             {"endpoints": [{"addresses": [f"10.1.0.{i}" for i in range(1, 102)]}]},
             ["endpoints[0].addresses: Too many: 101: must have at most 100 items"],
@@ -780,7 +800,9 @@ def test_proxy_config_is_read():
 
 def test_blank_mode_and_detect_local_mode_take_kube_proxy_defaults():
     config = parse(proxy(mode="", detectLocalMode="", nodePortAddresses=["primary"])).cluster.proxy_config
-    assert (config.mode, config.detect_local_mode, config.node_port_addresses) == ("iptables", "ClusterCIDR", ("primary",))
+    assert config.mode == "iptables"
+    assert config.detect_local_mode == "ClusterCIDR"
+    assert config.node_port_addresses == ("primary",)
 
 
 KPC = f"{SRC}: document 1: KubeProxyConfiguration: "
@@ -793,8 +815,11 @@ KPC = f"{SRC}: document 1: KubeProxyConfiguration: "
                             '"nftables" (blank means "iptables")']),
         ({"mode": "kernelspace"}, ['mode: Unsupported value: "kernelspace": kube-dataplane supports only '
                                    '"iptables" and "nftables" (blank means "iptables")']),
-        ({"clusterCIDR": "10.0.0.0/8,10.1.0.0/16"}, ['clusterCIDR: Invalid value: "10.0.0.0/8,10.1.0.0/16": must be '
-                                                     "a valid DualStack CIDR (e.g. 10.100.0.0/16,fde4:8dba:82e1::/48)"]),
+        (
+            {"clusterCIDR": "10.0.0.0/8,10.1.0.0/16"},
+            ['clusterCIDR: Invalid value: "10.0.0.0/8,10.1.0.0/16": '
+             "must be a valid DualStack CIDR (e.g. 10.100.0.0/16,fde4:8dba:82e1::/48)"],
+        ),
         ({"clusterCIDR": "10.0.0.0"}, ['clusterCIDR: Invalid value: "10.0.0.0": must be a valid CIDR block '
                                        "(e.g. 10.100.0.0/16 or fde4:8dba:82e1::/48)"]),
         ({"clusterCIDR": "a,b,c"}, ['clusterCIDR: Invalid value: "a,b,c": only one CIDR allowed or a valid '
@@ -804,9 +829,12 @@ KPC = f"{SRC}: document 1: KubeProxyConfiguration: "
         ({"detectLocalMode": "BridgeInterface"}, ['detectLocal.bridgeInterface: Invalid value: "": must not be empty']),
         ({"nodePortAddresses": ["primary", "10.0.0.0/8"]}, ["nodePortAddresses[0]: Invalid value: \"primary\": "
                                                             "can't use both 'primary' and CIDRs"]),
-        ({"nodePortAddresses": ["10.0.0.1"]}, ['nodePortAddresses[0]: Invalid value: "10.0.0.1": must be a valid CIDR']),
-        ({"iptables": {"masqueradeBit": 32}}, ["iptables.masqueradeBit: Invalid value: 32: must be within the range [0, 31]"]),
-        ({"nftables": {"masqueradeBit": -1}}, ["nftables.masqueradeBit: Invalid value: -1: must be within the range [0, 31]"]),
+        ({"nodePortAddresses": ["10.0.0.1"]}, ['nodePortAddresses[0]: Invalid value: "10.0.0.1": '
+                                               "must be a valid CIDR"]),
+        ({"iptables": {"masqueradeBit": 32}}, ["iptables.masqueradeBit: Invalid value: 32: "
+                                               "must be within the range [0, 31]"]),
+        ({"nftables": {"masqueradeBit": -1}}, ["nftables.masqueradeBit: Invalid value: -1: "
+                                               "must be within the range [0, 31]"]),
         ({"iptables": {"masqueradeAll": "yes"}}, ['iptables.masqueradeAll: Invalid value: "yes": must be a boolean']),
     ],
 )
