@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..naming import iptables_endpoint_chain, iptables_service_hash
 from ..plan import ExternalStep, LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
@@ -217,13 +217,80 @@ def _service_view(p: ServicePortPlan, plan: NodePlan) -> ServiceView:
     )
 
 
-def render(plan: NodePlan) -> str:
-    """The complete ``iptables-restore --noflush`` (or ``ip6tables-restore``) input for a plan."""
+SECTIONS = ("filter_services", "filter_external", "filter_nodeports", "filter_firewall",
+            "nat_services", "nat_nodeports")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFragment:
+    """What one service port contributes to the file, rendered once."""
+
+    sections: tuple[str, ...]  # text for each of SECTIONS (top-level chains)
+    chains: tuple[str, ...]  # its own nat chains, in declaration order
+    rules: str  # the rules of its own chains
+
+
+def _context(plan: NodePlan, large: bool) -> tuple:
+    return (plan.family, plan.local_detector, plan.cluster_ip_masquerade, large)
+
+
+class Renderer:
+    """Renders plans to iptables-restore text, caching each service port's fragment.
+
+    A fragment depends only on its :class:`ServicePortPlan` and a few node-level
+    settings, so after a change only the service ports whose plan changed are
+    rendered again. One renderer serves one node and family.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, ServiceFragment] = {}
+        self._module = template("iptables_service.j2").make_module({"q": quote})
+
+    def fragment(self, p: ServicePortPlan, plan: NodePlan, large: bool) -> ServiceFragment:
+        key = (p, _context(plan, large))
+        frag = self._cache.get(key)
+        if frag is None:
+            v = _service_view(p, plan)
+            m = self._module
+            sections = tuple(str(getattr(m, name)(v)) for name in SECTIONS)
+            chains: list[str] = []
+            if p.uses_external_chain:
+                chains.append(v.ext_chain)
+            if p.firewall:
+                chains.append(v.fw_chain)
+            chains += [pol.chain for pol in v.policies]
+            chains += [ep.chain for ep in v.endpoints]
+            frag = ServiceFragment(sections, tuple(chains), str(m.own_chains(v, large)))
+            self._cache[key] = frag
+        return frag
+
+    def fragments(self, plan: NodePlan) -> list[ServiceFragment]:
+        """The fragments of every service port of the plan, in plan order."""
+        large = is_large_cluster(plan)
+        frags = [self.fragment(p, plan, large) for p in plan.services]
+        if len(self._cache) > 2 * len(frags) + 1024:  # forget fragments of plans long gone
+            keep = {(p, _context(plan, large)) for p in plan.services}
+            self._cache = {k: f for k, f in self._cache.items() if k in keep}
+        return frags
+
+    def render(self, plan: NodePlan) -> str:
+        """The complete file: every chain, and the jumps from the built-in chains."""
+        frags = self.fragments(plan)
+        return render_file(plan, frags, frags, stale=(), jumps=True)
+
+
+def is_large_cluster(plan: NodePlan) -> bool:
+    """kube-proxy drops per-endpoint comments above this many endpoints."""
+    return sum(len(p.endpoints) for p in plan.services) > LARGE_CLUSTER_ENDPOINTS
+
+
+def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[ServiceFragment],
+                *, stale: Sequence[str], jumps: bool) -> str:
+    """Lay out a restore file: top-level chains from every fragment in ``frags``, the own
+    chains of the fragments in ``own``, deletion of the ``stale`` chains, and (when
+    ``jumps``) the jumps from the built-in chains."""
     if plan.mode != "iptables":
         raise ValueError(f"plan was built for {plan.mode} mode, not iptables")
-    total_endpoints = sum(len(p.endpoints) for p in plan.services)
-    large = total_endpoints > LARGE_CLUSTER_ENDPOINTS
-    views = [_service_view(p, plan) for p in plan.services]
     localhost_firewall = plan.nodeports.localhost
     filter_jumps = [Jump(*j) for j in _FILTER_JUMPS]
     if localhost_firewall:
@@ -240,16 +307,23 @@ def render(plan: NodePlan) -> str:
         nodeport_rules = [(exclude, "-m addrtype --dst-type LOCAL ")]
     else:
         nodeport_rules = [(f"-d {_host(ip)} ", "") for ip in plan.nodeports.ips]
-    mark = plan.masquerade_mark
+    sections = {name: "".join(f.sections[i] for f in frags) for i, name in enumerate(SECTIONS)}
     return template("iptables.j2").render(
         plan=plan,
-        views=views,
-        large_cluster=large,
+        sections=sections,
+        own_chains=[c for f in own for c in f.chains],
+        own_rules="".join(f.rules for f in own),
+        stale=list(stale),
         filter_chains=filter_chains,
         nat_chains=list(NAT_CHAINS),
-        filter_jumps=filter_jumps,
-        nat_jumps=[Jump(*j) for j in _NAT_JUMPS],
+        filter_jumps=filter_jumps if jumps else [],
+        nat_jumps=[Jump(*j) for j in _NAT_JUMPS] if jumps else [],
         nodeport_rules=nodeport_rules,
-        mark=mark,
+        mark=plan.masquerade_mark,
         q=quote,
     )
+
+
+def render(plan: NodePlan) -> str:
+    """The complete ``iptables-restore --noflush`` (or ``ip6tables-restore``) input for a plan."""
+    return Renderer().render(plan)

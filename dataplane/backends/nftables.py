@@ -12,7 +12,8 @@ laid out by ``templates/nftables.j2``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+import ipaddress
+from typing import Optional, Sequence
 
 from ..naming import nft_endpoint_base, nft_service_base
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
@@ -138,48 +139,114 @@ def _service_view(p: ServicePortPlan, plan: NodePlan, addr: str) -> ServiceView:
 
 @dataclass(frozen=True, slots=True)
 class Element:
+    """One element of a map (``verdict`` set) or a plain set (``verdict`` None)."""
+
+    map: str
     key: str
-    verdict: str
+    verdict: Optional[str]
     comment: Optional[str] = None
 
 
-def _elements(views: list[ServiceView]) -> dict[str, list[Element]]:
-    """The elements of every map, from the services' plan decisions."""
-    m: dict[str, list[Element]] = {
-        "service-ips": [], "service-nodeports": [], "firewall-ips": [],
-        "no-endpoint-services": [], "no-endpoint-nodeports": [],
-    }
-    for v in views:
-        p, proto = v.plan, v.proto
-        if v.internal_verdict:
-            m["service-ips"].append(Element(f"{p.cluster_ip} . {proto} . {p.port}", v.internal_verdict))
-        elif p.internal_filter:
-            m["no-endpoint-services"].append(
-                Element(f"{p.cluster_ip} . {proto} . {p.port}", _filter_verdict(p.internal_filter), v.spn))
-        for ip in p.external_ips + p.load_balancer_ips:
-            if p.external_forward:
-                m["service-ips"].append(Element(f"{ip} . {proto} . {p.port}", f"goto {v.external_chain}"))
-            if p.external_filter:
-                m["no-endpoint-services"].append(
-                    Element(f"{ip} . {proto} . {p.port}", _filter_verdict(p.external_filter), v.spn))
-        if p.firewall:
-            for ip in p.load_balancer_ips:
-                m["firewall-ips"].append(Element(f"{ip} . {proto} . {p.port}", f"goto {v.firewall_chain}"))
-        if p.node_port:
-            if p.external_forward:
-                m["service-nodeports"].append(Element(f"{proto} . {p.node_port}", f"goto {v.external_chain}"))
-            if p.external_filter:
-                m["no-endpoint-nodeports"].append(
-                    Element(f"{proto} . {p.node_port}", _filter_verdict(p.external_filter), v.spn))
-    return m
+def _elements(v: ServiceView) -> tuple[Element, ...]:
+    """The map and set elements of one service port, from its plan decisions."""
+    p, proto = v.plan, v.proto
+    out = [Element("cluster-ips", p.cluster_ip, None)]
+    if v.internal_verdict:
+        out.append(Element("service-ips", f"{p.cluster_ip} . {proto} . {p.port}", v.internal_verdict))
+    elif p.internal_filter:
+        out.append(Element("no-endpoint-services", f"{p.cluster_ip} . {proto} . {p.port}",
+                           _filter_verdict(p.internal_filter), v.spn))
+    for ip in p.external_ips + p.load_balancer_ips:
+        if p.external_forward:
+            out.append(Element("service-ips", f"{ip} . {proto} . {p.port}", f"goto {v.external_chain}"))
+        if p.external_filter:
+            out.append(Element("no-endpoint-services", f"{ip} . {proto} . {p.port}",
+                               _filter_verdict(p.external_filter), v.spn))
+    if p.firewall:
+        for ip in p.load_balancer_ips:
+            out.append(Element("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {v.firewall_chain}"))
+    if p.node_port:
+        if p.external_forward:
+            out.append(Element("service-nodeports", f"{proto} . {p.node_port}", f"goto {v.external_chain}"))
+        if p.external_filter:
+            out.append(Element("no-endpoint-nodeports", f"{proto} . {p.node_port}",
+                               _filter_verdict(p.external_filter), v.spn))
+    return tuple(out)
 
 
-def render(plan: NodePlan) -> str:
-    """The complete ``nft -f`` script for a plan: it replaces the table atomically."""
+MAPS = ("service-ips", "service-nodeports", "firewall-ips", "no-endpoint-services", "no-endpoint-nodeports")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFragment:
+    """What one service port contributes to the table, rendered once."""
+
+    text: str  # its sets and chains, in table-block syntax
+    chains: tuple[str, ...]
+    sets: tuple[tuple[str, int], ...]  # affinity sets and their timeouts
+    elements: tuple[Element, ...]
+
+
+def _context(plan: NodePlan) -> tuple:
+    """Node-level settings every fragment depends on; a change means a full sync."""
+    return (plan.family, plan.local_detector, plan.cluster_ip_masquerade, plan.masquerade_mark,
+            plan.nodeports, plan.reject_unknown_cluster_ip_ports)
+
+
+class Renderer:
+    """Renders plans to nft scripts, caching each service port's fragment."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, ServiceFragment] = {}
+        self._module = template("nftables_service.j2").module
+
+    def fragment(self, p: ServicePortPlan, plan: NodePlan) -> ServiceFragment:
+        key = (p, _context(plan))
+        frag = self._cache.get(key)
+        if frag is None:
+            addr = "ip6" if plan.family == "ipv6" else "ip"
+            v = _service_view(p, plan, addr)
+            text = str(self._module.service(v, addr, _addr_type(plan)))
+            chains: list[str] = []
+            if p.firewall:
+                chains.append(v.firewall_chain)
+            if p.uses_external_chain:
+                chains.append(v.external_chain)
+            chains += [pol.chain for pol in v.policies]
+            chains += [ep.chain for ep in v.endpoints]
+            sets = tuple((ep.affinity_set, p.affinity_timeout) for ep in v.endpoints) if p.affinity_timeout else ()
+            frag = ServiceFragment(text, tuple(chains), sets, _elements(v))
+            self._cache[key] = frag
+        return frag
+
+    def fragments(self, plan: NodePlan) -> list[ServiceFragment]:
+        frags = [self.fragment(p, plan) for p in plan.services]
+        if len(self._cache) > 2 * len(frags) + 1024:
+            keep = {(p, _context(plan)) for p in plan.services}
+            self._cache = {k: f for k, f in self._cache.items() if k in keep}
+        return frags
+
+    def render(self, plan: NodePlan) -> str:
+        return render_full(plan, self.fragments(plan))
+
+
+def _addr_type(plan: NodePlan) -> str:
+    return "ipv6_addr" if plan.family == "ipv6" else "ipv4_addr"
+
+
+def render_full(plan: NodePlan, frags: Sequence[ServiceFragment]) -> str:
+    """The script that replaces the whole table in one transaction."""
     if plan.mode != "nftables":
         raise ValueError(f"plan was built for {plan.mode} mode, not nftables")
     addr = "ip6" if plan.family == "ipv6" else "ip"
-    views = [_service_view(p, plan, addr) for p in plan.services]
+    maps: dict[str, list[Element]] = {m: [] for m in MAPS}
+    cluster_ips: set[str] = set()
+    for f in frags:
+        for e in f.elements:
+            if e.map == "cluster-ips":
+                cluster_ips.add(e.key)
+            else:
+                maps[e.map].append(e)
     if plan.nodeports.match_all:
         loopback = "::1" if plan.family == "ipv6" else "127.0.0.0/8"
         nodeport_match = f"fib daddr type local {addr} daddr != {loopback}"
@@ -190,9 +257,56 @@ def render(plan: NodePlan) -> str:
         family=table_family(plan.family),
         table=TABLE,
         addr=addr,
-        addr_type="ipv6_addr" if plan.family == "ipv6" else "ipv4_addr",
-        views=views,
-        maps=_elements(views),
+        addr_type=_addr_type(plan),
+        cluster_ips=sorted(cluster_ips, key=_ip_key),
+        maps=maps,
+        own="".join(f.text for f in frags),
         nodeport_match=nodeport_match,
         mark="0x%08x" % int(plan.masquerade_mark, 16),
     )
+
+
+def _ip_key(ip: str) -> tuple[int, int]:
+    a = ipaddress.ip_address(ip)
+    return (a.version, int(a))
+
+
+def render_update(plan: NodePlan, old: Sequence[ServiceFragment], new: Sequence[ServiceFragment]) -> str:
+    """A transaction that turns a table holding ``old`` into one holding ``new``.
+
+    Only the chains and sets of service ports whose fragment changed are
+    rewritten; map elements are added and deleted one by one; chains and sets
+    that are gone are flushed, then deleted. The node-level part of the table
+    must be the same for both (otherwise use :func:`render_full`). Empty when
+    nothing changed.
+    """
+    old_set, new_set = set(old), set(new)
+    removed = [f for f in old if f not in new_set]
+    added = [f for f in new if f not in old_set]
+    if not removed and not added:
+        return ""
+    new_chains = {c for f in added for c in f.chains}
+    kept_chains = {c for f in new for c in f.chains}
+    stale_chains = sorted({c for f in removed for c in f.chains} - kept_chains)
+    # an affinity set survives (with its entries) unless it is gone or its timeout changed
+    new_sets = {s for f in new for s in f.sets}
+    stale_sets = sorted({name for f in removed for name, t in f.sets if (name, t) not in new_sets})
+    old_el = {(e.map, e.key): e for f in old for e in f.elements}
+    new_el = {(e.map, e.key): e for f in new for e in f.elements}
+    delete = [e for k, e in old_el.items() if new_el.get(k) != e]
+    add = [e for k, e in new_el.items() if old_el.get(k) != e]
+    return template("nftables_update.j2").render(
+        family=table_family(plan.family),
+        table=TABLE,
+        flush_chains=sorted(new_chains),
+        stale_chains=stale_chains,
+        stale_sets=stale_sets,
+        delete=sorted(delete, key=lambda e: (e.map, e.key)),
+        add=sorted(add, key=lambda e: (e.map, e.key)),
+        own="".join(f.text for f in added),
+    )
+
+
+def render(plan: NodePlan) -> str:
+    """The complete ``nft -f`` script for a plan: it replaces the table atomically."""
+    return Renderer().render(plan)
