@@ -29,7 +29,10 @@ EXAMPLES = {
     "apply": """examples:
   ip netns add demo
   dataplane apply -f examples/cluster.yaml --node node-a --netns demo
-  dataplane apply -f examples/cluster.yaml --node node-a --netns demo --backend nftables""",
+  dataplane apply -f examples/cluster.yaml --node node-a --netns demo --backend nftables --allocate --seed 1
+  dataplane apply -f updated.yaml --node node-a --netns demo     # sends only what changed""",
+    "cleanup": """examples:
+  dataplane cleanup --netns demo""",
 }
 
 
@@ -102,7 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input(p)
     _add_target(p)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
+    p.add_argument("--full", action="store_true", help="rewrite everything instead of sending only the difference")
+    p.add_argument("--allocate", action="store_true",
+                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
+    _add_allocation(p)
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("cleanup", help="remove every rule kube-dataplane installed in a namespace",
+                       description="Remove the kube-proxy table(s) and KUBE-* chains (and the jumps to them) "
+                                   "that kube-dataplane installed; rules of other programs stay.",
+                       epilog=EXAMPLES["cleanup"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
+    p.set_defaults(func=cmd_cleanup)
     return parser
 
 
@@ -202,18 +216,37 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .compiler import compile_rules
-    from .apply import apply_compiled
+    from .apply import apply_cluster
+    from .controllers.endpointslices import with_derived_slices
     from .netns import require_netns
 
     require_netns(args.netns)
     cluster = _load(args.files)
-    result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family)
-    _warn(result.warnings)
-    apply_compiled(args.netns, result)
+    if args.allocate:
+        cluster = _allocate(cluster, args).cluster
+    cluster = with_derived_slices(cluster)
+    result = apply_cluster(args.netns, cluster, args.node, mode=args.backend, family=args.ip_family,
+                           full=args.full)
+    _warn(result.plan.warnings)
     n = len(result.plan.services)
-    print(f"applied {result.plan.mode} rules for node {args.node} ({args.ip_family}, {n} service ports) "
-          f"to netns {args.netns}", file=sys.stderr)
+    what = {"full": f"all {n} service ports written",
+            "partial": f"{result.changed} of {n} service ports rewritten",
+            "none": f"nothing changed ({n} service ports)"}[result.kind]
+    extra = f", {len(result.conntrack)} stale conntrack filters applied" if result.conntrack else ""
+    print(f"applied {result.plan.mode} rules for node {args.node} ({args.ip_family}) to netns {args.netns}: "
+          f"{result.kind} sync, {what}{extra}", file=sys.stderr)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .apply import forget
+    from .netns import cleanup, require_netns
+
+    require_netns(args.netns)
+    cleanup(args.netns)
+    cleanup(args.netns, ipv6=True)
+    forget(args.netns)
+    print(f"removed kube-dataplane's rules from netns {args.netns}", file=sys.stderr)
     return 0
 
 

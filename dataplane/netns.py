@@ -20,6 +20,7 @@ import ctypes
 import os
 import re
 import subprocess
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,7 +239,8 @@ def _iptables_is_nft(ns: str, ipv6: bool) -> bool:
 # --------------------------------------------------------------------------- iptables apply
 
 
-def _prepare_restore(input_text: str, current: dict[str, _Table]) -> tuple[str, list[str]]:
+def _prepare_restore(input_text: str, current: dict[str, _Table], *, remove_stale: bool = True
+                     ) -> tuple[str, list[str]]:
     """Rewrite a ``--noflush`` restore file so that applying it is idempotent.
 
     Per table block: built-in chain declarations are dropped (with ``--noflush``
@@ -265,14 +267,15 @@ def _prepare_restore(input_text: str, current: dict[str, _Table]) -> tuple[str, 
         if ln != "COMMIT":
             block.append(ln)
             continue
-        out.extend(_rewrite_block(table, block, current.get(table)))
+        out.extend(_rewrite_block(table, block, current.get(table), remove_stale=remove_stale))
         block = None
     if block is not None:
         raise ApplyError(f"iptables input: table *{table} has no COMMIT")
     return ("\n".join(out) + "\n" if out else ""), names
 
 
-def _rewrite_block(table: str, lines: list[str], current: Optional[_Table]) -> list[str]:
+def _rewrite_block(table: str, lines: list[str], current: Optional[_Table], *, remove_stale: bool = True
+                   ) -> list[str]:
     existing_rules = set(current.rules()) if current else set()
     existing_chains = current.chains() if current else []
     declared: list[str] = []
@@ -298,7 +301,7 @@ def _rewrite_block(table: str, lines: list[str], current: Optional[_Table]) -> l
     stale = [
         c
         for c in existing_chains
-        if c.startswith(STALE_CHAIN_PREFIXES) and c not in declared
+        if remove_stale and c.startswith(STALE_CHAIN_PREFIXES) and c not in declared
     ]
     # Declaring a chain flushes it, so -X cannot fail with EBUSY on its own rules;
     # references from other stale chains are gone too once those are flushed.
@@ -307,7 +310,7 @@ def _rewrite_block(table: str, lines: list[str], current: Optional[_Table]) -> l
     return [f"*{table}", *decls, *body, "COMMIT"]
 
 
-def apply_iptables(ns: str, rules: str, *, ipv6: bool = False) -> None:
+def apply_iptables(ns: str, rules: str, *, ipv6: bool = False, partial: bool = False) -> None:
     """Apply a complete ``iptables-restore --noflush`` file atomically and idempotently.
 
     * Atomic: the tables are snapshotted (``iptables-save -c``) first; if the
@@ -320,16 +323,24 @@ def apply_iptables(ns: str, rules: str, *, ipv6: bool = False) -> None:
       file does not declare are flushed and deleted in the same restore.
     * Chains and rules of other programs are never touched (always ``--noflush``).
 
-    ``ipv6`` selects ``ip6tables-save``/``ip6tables-restore``.
+    ``ipv6`` selects ``ip6tables-save``/``ip6tables-restore``. A ``partial`` file
+    (an incremental update) names only the chains that change and deletes stale
+    chains itself, so chains it does not mention are left alone.
+
+    The input is handed to the restore tool as a file, so that a caller killed
+    half-way cannot leave it reading a truncated input.
     """
     require_netns(ns)
     _, restore = _tools(ipv6)
     snapshot_text = _save(ns, ipv6, counters=True)
     snapshot = _parse_tables(snapshot_text)
-    text, names = _prepare_restore(rules, snapshot)
+    text, names = _prepare_restore(rules, snapshot, remove_stale=not partial)
     if not names:
         return
-    proc = run_in(ns, [restore, "-w", "--noflush"], input=text, check=False)
+    with tempfile.NamedTemporaryFile("w", prefix="dataplane-restore-", suffix=".rules") as f:
+        f.write(text)
+        f.flush()
+        proc = run_in(ns, [restore, "-w", "--noflush", f.name], check=False)
     if proc.returncode == 0:
         return
     stderr = proc.stderr.strip() + _offending_line(proc.stderr, text)
@@ -407,7 +418,12 @@ def apply_nftables(ns: str, script: str) -> None:
     nothing of the script is committed and :class:`ApplyError` carries nft's stderr.
     """
     require_netns(ns)
-    proc = run_in(ns, ["nft", "-f", "-"], input=script, check=False)
+    # From a complete file: a caller killed half-way cannot feed nft a truncated
+    # (and possibly still valid) transaction.
+    with tempfile.NamedTemporaryFile("w", prefix="dataplane-", suffix=".nft") as f:
+        f.write(script)
+        f.flush()
+        proc = run_in(ns, ["nft", "-f", f.name], check=False)
     if proc.returncode != 0:
         raise ApplyError(
             f"nft -f failed in network namespace {ns} (exit {proc.returncode}); "
@@ -532,3 +548,17 @@ def cleanup(ns: str, *, ipv6: bool = False) -> None:
         _, restore = _tools(ipv6)
         run_in(ns, [restore, "-w", "--noflush"], input="\n".join(out) + "\n")
 
+
+
+_NFT_CHAIN = re.compile(r"^\s*chain (\S+) \{", re.M)
+_IPT_CHAIN = re.compile(r"^:(\S+) ", re.M)
+
+
+def installed_chains(ns: str, backend: Literal["iptables", "nftables"], *, ipv6: bool = False) -> set[str]:
+    """Names of the chains kube-dataplane holds in ``ns`` (nat KUBE-* chains for
+    iptables, the chains of the ``kube-proxy`` table for nftables); empty when none."""
+    text = read_back(ns, backend, ipv6=ipv6)
+    if backend == "iptables":
+        nat = text.split("*nat\n", 1)[1] if "*nat\n" in text else ""
+        return {c for c in _IPT_CHAIN.findall(nat) if c.startswith("KUBE-")}
+    return set(_NFT_CHAIN.findall(text))

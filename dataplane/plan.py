@@ -485,18 +485,25 @@ def plan_service_port(
 # ------------------------------------------------------------------ the plan
 
 
-def build_plan(
-    cluster: Cluster,
-    node_name: str,
-    *,
-    family: Family = "ipv4",
-    mode: Optional[Mode] = None,
-) -> NodePlan:
-    """Plan node ``node_name`` for one IP family.
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """The node-level part of a plan: everything that is not about one Service."""
 
-    ``mode`` defaults to the KubeProxyConfiguration's mode. Raises
-    :class:`UsageError` when the node is not in the input.
-    """
+    node: Node
+    family: Family
+    mode: Mode
+    node_ips: tuple[str, ...]
+    masquerade_mark: str
+    local_detector: LocalDetector
+    cluster_ip_masquerade: Literal["all", "non-local", "none"]
+    nodeports: NodePortDestinations
+    sysctls: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def node_context(cluster: Cluster, node_name: str, *, family: Family = "ipv4",
+                 mode: Optional[Mode] = None) -> NodeContext:
+    """Decide the node-level settings. Raises :class:`UsageError` for an unknown node."""
     node = cluster.node(node_name)
     if node is None:
         known = ", ".join(sorted(n.name for n in cluster.nodes)) or "none"
@@ -518,41 +525,83 @@ def build_plan(
     else:
         cluster_ip_masquerade = "none"
     nodeports = _nodeport_destinations(config, node_ips, family, mode)
-
-    index = _slice_index(cluster.endpoint_slices, family)
-    services: list[ServicePortPlan] = []
-    for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
-        why = should_skip_service(svc)
-        if why == "no clusterIP":
-            warnings.append(f"{svc.ref.where()}: spec.clusterIP: not set, so the Service gets no rules "
-                            "(kube-proxy skips it); `dataplane compile --allocate` fills it in as the API server would")
-        if why:
-            continue
-        slices = index.get(svc.key, ())
-        for port in svc.ports:
-            p = plan_service_port(
-                svc, port, slices, node=node, node_ips=node_ips, family=family, mode=mode,
-                detector=detector, warnings=warnings,
-            )
-            if p is not None:
-                services.append(p)
-    services.sort(key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
-
     sysctls = [("net.ipv4.ip_forward" if family == "ipv4" else "net.ipv6.conf.all.forwarding", "1")]
     if nodeports.localhost:
         sysctls.append(("net.ipv4.conf.all.route_localnet", "1"))
-    return NodePlan(
-        node=node.name,
-        family=family,
-        mode=mode,
-        node_ips=node_ips,
-        masquerade_mark=hex(1 << masq_bit),
-        local_detector=detector,
-        cluster_ip_masquerade=cluster_ip_masquerade,
-        nodeports=nodeports,
-        drop_invalid=mode == "iptables",
-        reject_unknown_cluster_ip_ports=mode == "nftables",
-        services=tuple(services),
-        sysctls=tuple(sysctls),
-        warnings=tuple(warnings),
+    return NodeContext(
+        node=node, family=family, mode=mode, node_ips=node_ips, masquerade_mark=hex(1 << masq_bit),
+        local_detector=detector, cluster_ip_masquerade=cluster_ip_masquerade, nodeports=nodeports,
+        sysctls=tuple(sysctls), warnings=tuple(warnings),
     )
+
+
+def plan_service(svc: Service, slices: Sequence[EndpointSlice], ctx: NodeContext
+                 ) -> tuple[tuple[ServicePortPlan, ...], tuple[str, ...]]:
+    """Plan every port of one Service on the node: (port plans, warnings).
+
+    ``slices`` are the Service's EndpointSlices of the context's family.
+    """
+    warnings: list[str] = []
+    why = should_skip_service(svc)
+    if why == "no clusterIP":
+        warnings.append(f"{svc.ref.where()}: spec.clusterIP: not set, so the Service gets no rules "
+                        "(kube-proxy skips it); `dataplane compile --allocate` fills it in as the API server would")
+    if why:
+        return (), tuple(warnings)
+    plans = []
+    for port in svc.ports:
+        p = plan_service_port(
+            svc, port, slices, node=ctx.node, node_ips=ctx.node_ips, family=ctx.family, mode=ctx.mode,
+            detector=ctx.local_detector, warnings=warnings,
+        )
+        if p is not None:
+            plans.append(p)
+    plans.sort(key=lambda p: (p.port_name, p.protocol))
+    return tuple(plans), tuple(warnings)
+
+
+def assemble(ctx: NodeContext, services: Iterable[ServicePortPlan], warnings: Iterable[str] = ()) -> NodePlan:
+    """A :class:`NodePlan` from a node context and service port plans (already in order)."""
+    return NodePlan(
+        node=ctx.node.name,
+        family=ctx.family,
+        mode=ctx.mode,
+        node_ips=ctx.node_ips,
+        masquerade_mark=ctx.masquerade_mark,
+        local_detector=ctx.local_detector,
+        cluster_ip_masquerade=ctx.cluster_ip_masquerade,
+        nodeports=ctx.nodeports,
+        drop_invalid=ctx.mode == "iptables",
+        reject_unknown_cluster_ip_ports=ctx.mode == "nftables",
+        services=tuple(services),
+        sysctls=ctx.sysctls,
+        warnings=ctx.warnings + tuple(warnings),
+    )
+
+
+def slices_by_service(slices: Iterable[EndpointSlice], family: Family) -> dict[tuple[str, str], list[EndpointSlice]]:
+    """The EndpointSlices of one family, by (namespace, service name), each list sorted by slice name."""
+    return _slice_index(slices, family)
+
+
+def build_plan(
+    cluster: Cluster,
+    node_name: str,
+    *,
+    family: Family = "ipv4",
+    mode: Optional[Mode] = None,
+) -> NodePlan:
+    """Plan node ``node_name`` for one IP family.
+
+    ``mode`` defaults to the KubeProxyConfiguration's mode. Raises
+    :class:`UsageError` when the node is not in the input.
+    """
+    ctx = node_context(cluster, node_name, family=family, mode=mode)
+    index = _slice_index(cluster.endpoint_slices, family)
+    services: list[ServicePortPlan] = []
+    warnings: list[str] = []
+    for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
+        plans, w = plan_service(svc, index.get(svc.key, ()), ctx)
+        services.extend(plans)
+        warnings.extend(w)
+    return assemble(ctx, services, warnings)

@@ -1,0 +1,86 @@
+"""Stale conntrack entries after a sync, as kube-proxy clears them (UDP, and SCTP).
+
+Connection tracking keeps NAT bindings for connectionless flows alive as long as
+packets keep coming, so after an endpoint is removed a UDP client keeps
+reaching it, and a client that cached a REJECT keeps getting it. After each
+sync kube-proxy deletes:
+
+* for every endpoint no longer used by a UDP/SCTP service port: the entries of
+  each of the port's frontends (ClusterIP, external IPs, load-balancer IPs)
+  DNATed to that endpoint, and those of its NodePort DNATed to it;
+* for every UDP/SCTP service port that had no endpoint and now has one: every
+  entry to its frontends (they may cache the REJECT).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .plan import NodePlan, ServicePortPlan
+
+TRACKED = ("udp", "sctp")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ConntrackDelete:
+    """One ``conntrack -D`` filter."""
+
+    family: str  # "ipv4" | "ipv6"
+    protocol: str  # "udp" | "sctp"
+    orig_dst: Optional[str] = None  # a service IP
+    orig_port_dst: Optional[int] = None  # a NodePort
+    dst_nat: Optional[str] = None  # the endpoint IP it was DNATed to
+
+    def argv(self) -> list[str]:
+        """The ``conntrack`` command line."""
+        argv = ["conntrack", "-D", "-f", self.family, "-p", self.protocol]
+        if self.orig_dst:
+            argv += ["--orig-dst", self.orig_dst]
+        if self.orig_port_dst:
+            argv += ["--orig-port-dst", str(self.orig_port_dst)]
+        if self.dst_nat:
+            argv += ["--dst-nat", self.dst_nat]
+        return argv
+
+
+def _key(p: ServicePortPlan) -> tuple[str, str, str, str]:
+    return (p.namespace, p.name, p.port_name, p.protocol)
+
+
+def _used_ips(p: ServicePortPlan) -> set[str]:
+    return {e.ip for e in p.endpoints}
+
+
+def _frontends(p: ServicePortPlan) -> list[str]:
+    return [p.cluster_ip, *p.external_ips, *p.load_balancer_ips]
+
+
+def stale_entries(old: Optional[NodePlan], new: NodePlan) -> list[ConntrackDelete]:
+    """The conntrack deletions a sync from ``old`` to ``new`` calls for (sorted, no duplicates)."""
+    if old is None:
+        return []
+    family = new.family
+    before = {_key(p): p for p in old.services if p.protocol in TRACKED}
+    after = {_key(p): p for p in new.services if p.protocol in TRACKED}
+    out: set[ConntrackDelete] = set()
+    for key, was in before.items():
+        now = after.get(key)
+        gone = _used_ips(was) - (_used_ips(now) if now else set())
+        for ip in gone:
+            for front in _frontends(was):
+                out.add(ConntrackDelete(family, was.protocol, orig_dst=front, dst_nat=ip))
+            if was.node_port:
+                out.add(ConntrackDelete(family, was.protocol, orig_port_dst=was.node_port, dst_nat=ip))
+    for key, now in after.items():
+        was = before.get(key)
+        if now.has_endpoints and (was is None or not was.has_endpoints):
+            for front in _frontends(now):
+                out.add(ConntrackDelete(family, now.protocol, orig_dst=front))
+            if now.node_port:
+                out.add(ConntrackDelete(family, now.protocol, orig_port_dst=now.node_port))
+    return sorted(out)
+
+
+def filters_text(filters: Sequence[ConntrackDelete]) -> str:
+    """The deletions as shell command lines (for dry runs and logs)."""
+    return "".join(" ".join(f.argv()) + "\n" for f in filters)

@@ -1,0 +1,300 @@
+"""A long-lived proxier for embedding: takes changes, syncs the smallest update.
+
+:class:`Proxier` keeps the cluster state one node needs (Services,
+EndpointSlices, its Node, the proxy settings). Changes mark Services dirty;
+:meth:`Proxier.sync` re-plans and re-renders only those, and produces
+
+* nftables: a transaction that rewrites only the changed service ports'
+  chains and adds/deletes only the map elements that changed (kube-proxy's
+  partial sync); a full sync replaces the whole table;
+* iptables: a restore file that rewrites the top-level chains and only the
+  changed service ports' chains, and deletes the chains that are gone
+  (KEP-3453's partial restore); a full sync writes everything.
+
+A :class:`Runner` carries updates to the kernel. If applying fails, the
+previous rules stay in force (the appliers are atomic per transaction) and
+the next sync is a full one. A full sync can be forced at any time and yields
+the same kernel state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Literal, Optional, Protocol, Sequence
+
+from .backends import iptables as ipt
+from .backends import nftables as nft
+from .conntrack import ConntrackDelete, stale_entries
+from .errors import DataplaneError
+from .model import Cluster, EndpointSlice, Node, ProxyConfig, Service
+from .plan import Family, Mode, NodeContext, NodePlan, ServicePortPlan, assemble, node_context, plan_service
+
+SyncKind = Literal["full", "partial", "none"]
+
+
+class Runner(Protocol):
+    """Where updates go. ``apply`` must be atomic: all of ``text`` or nothing."""
+
+    def apply(self, mode: Mode, family: Family, text: str, *, full: bool, sysctls: Sequence[tuple[str, str]]) -> None: ...
+
+    def delete_conntrack(self, filters: Sequence[ConntrackDelete]) -> None: ...
+
+
+@dataclass
+class RecordingRunner:
+    """A runner that only records what it was asked to do (for tests and dry runs)."""
+
+    applied: list[tuple[Mode, Family, str, bool]] = field(default_factory=list)
+    conntrack: list[ConntrackDelete] = field(default_factory=list)
+    fail_next: bool = False
+
+    def apply(self, mode, family, text, *, full, sysctls=()):
+        if self.fail_next:
+            self.fail_next = False
+            raise DataplaneError("injected failure")
+        self.applied.append((mode, family, text, full))
+
+    def delete_conntrack(self, filters):
+        self.conntrack.extend(filters)
+
+
+class NetnsRunner:
+    """Applies updates inside a network namespace with the standard tools."""
+
+    def __init__(self, ns: str):
+        from . import netns
+
+        netns.require_netns(ns)
+        self.ns = ns
+
+    def apply(self, mode, family, text, *, full, sysctls=()):
+        from . import netns
+
+        if not text:
+            return
+        if mode == "iptables":
+            netns.apply_iptables(self.ns, text, ipv6=family == "ipv6", partial=not full)
+        else:
+            netns.apply_nftables(self.ns, text)
+        if sysctls:
+            netns.set_sysctls(self.ns, dict(sysctls))
+
+    def delete_conntrack(self, filters):
+        from . import netns
+
+        for f in filters:
+            netns.run_in(self.ns, f.argv(), check=False)  # exit 1: nothing matched
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What one sync did."""
+
+    kind: SyncKind
+    text: str  # the update sent to the kernel ("" when nothing changed)
+    plan: NodePlan
+    changed: int  # service ports whose rules were rewritten (all of them on a full sync)
+    conntrack: tuple[ConntrackDelete, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Installed:
+    """What the kernel holds after the last successful sync."""
+
+    context: tuple
+    plan: NodePlan
+    fragments: tuple  # backend fragments, in plan order
+
+
+class Proxier:
+    """Node-local service proxy state with incremental syncs (see the module doc)."""
+
+    def __init__(self, node: str, *, mode: Mode = "iptables", family: Family = "ipv4",
+                 cluster: Optional[Cluster] = None, runner: Optional[Runner] = None) -> None:
+        self.node_name = node
+        self.mode: Mode = mode
+        self.family: Family = family
+        self.runner = runner
+        self._services: dict[tuple[str, str], Service] = {}
+        self._slices: dict[tuple[str, str], EndpointSlice] = {}
+        self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._nodes: dict[str, Node] = {}
+        self._config = ProxyConfig()
+        self._dirty: set[tuple[str, str]] = set()
+        self._plans: dict[tuple[str, str], tuple[tuple[ServicePortPlan, ...], tuple[str, ...]]] = {}
+        self._ctx: Optional[NodeContext] = None
+        self._installed: Optional[_Installed] = None
+        self._renderer = ipt.Renderer() if mode == "iptables" else nft.Renderer()
+        if cluster is not None:
+            self.load(cluster)
+
+    # ------------------------------------------------------------------ changes
+    def load(self, cluster: Cluster) -> None:
+        """Replace the whole state (the next sync is a full one)."""
+        self._services = {s.key: s for s in cluster.services}
+        self._slices = {}
+        self._slices_by_service = {}
+        for s in cluster.endpoint_slices:
+            self.set_endpoint_slice(s)
+        self._nodes = {n.name: n for n in cluster.nodes}
+        self._config = cluster.proxy_config
+        self._invalidate()
+
+    def set_service(self, svc: Service) -> None:
+        self._services[svc.key] = svc
+        self._dirty.add(svc.key)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._services.pop((namespace, name), None)
+        self._dirty.add((namespace, name))
+
+    def set_endpoint_slice(self, eps: EndpointSlice) -> None:
+        key = (eps.namespace, eps.name)
+        old = self._slices.get(key)
+        if old is not None and old.service_name:
+            self._unlink(key, old)
+        self._slices[key] = eps
+        if eps.service_name:
+            svc = (eps.namespace, eps.service_name)
+            self._slices_by_service.setdefault(svc, set()).add(key)
+            self._dirty.add(svc)
+
+    def delete_endpoint_slice(self, namespace: str, name: str) -> None:
+        old = self._slices.pop((namespace, name), None)
+        if old is not None and old.service_name:
+            self._unlink((namespace, name), old)
+
+    def _unlink(self, key: tuple[str, str], eps: EndpointSlice) -> None:
+        svc = (eps.namespace, eps.service_name or "")
+        self._slices_by_service.get(svc, set()).discard(key)
+        self._dirty.add(svc)
+
+    def set_node(self, node: Node) -> None:
+        """A Node changed; this node's addresses or labels change everything."""
+        self._nodes[node.name] = node
+        if node.name == self.node_name:
+            self._invalidate()
+
+    def set_config(self, config: ProxyConfig) -> None:
+        self._config = config
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._ctx = None
+        self._plans.clear()
+        self._dirty = set(self._services)
+
+    def cluster(self) -> Cluster:
+        """The current state as a :class:`Cluster`."""
+        return Cluster(services=tuple(self._services.values()), endpoint_slices=tuple(self._slices.values()),
+                       nodes=tuple(self._nodes.values()), proxy_config=self._config)
+
+    # --------------------------------------------------------------------- sync
+    def _context(self) -> NodeContext:
+        if self._ctx is None:
+            self._ctx = node_context(
+                Cluster(nodes=tuple(self._nodes.values()), proxy_config=self._config),
+                self.node_name, family=self.family, mode=self.mode)
+        return self._ctx
+
+    def _replan(self, ctx: NodeContext) -> NodePlan:
+        from .plan import slices_by_service
+
+        for key in self._dirty:
+            svc = self._services.get(key)
+            if svc is None:
+                self._plans.pop(key, None)
+                continue
+            slices = [self._slices[k] for k in sorted(self._slices_by_service.get(key, ()), key=lambda k: k[1])]
+            fam = slices_by_service(slices, self.family).get(key, [])
+            self._plans[key] = plan_service(svc, fam, ctx)
+        self._dirty.clear()
+        services: list[ServicePortPlan] = []
+        warnings: list[str] = []
+        for key in sorted(self._plans):
+            plans, w = self._plans[key]
+            services.extend(plans)
+            warnings.extend(w)
+        return assemble(ctx, services, warnings)
+
+    def plan(self) -> NodePlan:
+        """The node plan for the current state."""
+        return self._replan(self._context())
+
+    def sync(self, *, full: bool = False) -> SyncResult:
+        """Bring the kernel to the current state with the smallest update.
+
+        Raises whatever the runner raises; the kernel then keeps its previous
+        rules and the next sync is a full one.
+        """
+        ctx = self._context()
+        plan = self._replan(ctx)
+        frags = tuple(self._renderer.fragments(plan))
+        context = self._render_context(plan)
+        old = self._installed
+        full = full or old is None or old.context != context
+        if full:
+            kind: SyncKind = "full"
+            text = self._full_text(plan, frags)
+            changed = len(frags)
+        else:
+            text, changed = self._partial_text(plan, old.fragments, frags)
+            kind = "partial" if text else "none"
+        conntrack = tuple(stale_entries(old.plan if old else None, plan))
+        if self.runner is not None and text:
+            self._installed = None  # if apply fails (or is interrupted), resync fully next time
+            self.runner.apply(self.mode, self.family, text, full=full, sysctls=plan.sysctls)
+        self._installed = _Installed(context, plan, frags)
+        if self.runner is not None and conntrack:
+            self.runner.delete_conntrack(conntrack)
+        return SyncResult(kind, text, plan, changed, conntrack)
+
+    def _render_context(self, plan: NodePlan) -> tuple:
+        base = (plan.family, plan.mode, plan.node_ips, plan.masquerade_mark, plan.local_detector,
+                plan.cluster_ip_masquerade, plan.nodeports)
+        if self.mode == "iptables":
+            return base + (ipt.is_large_cluster(plan),)
+        return base
+
+    def _full_text(self, plan: NodePlan, frags: Sequence) -> str:
+        if self.mode == "iptables":
+            return ipt.render_file(plan, frags, frags, stale=self._stale_iptables_chains(frags), jumps=True)
+        return nft.render_full(plan, frags)
+
+    def _stale_iptables_chains(self, frags: Sequence) -> list[str]:
+        if self._installed is None:
+            return []  # the applier finds stale chains in the kernel itself
+        keep = {c for f in frags for c in f.chains}
+        return sorted({c for f in self._installed.fragments for c in f.chains} - keep)
+
+    def _partial_text(self, plan: NodePlan, old: Sequence, new: Sequence) -> tuple[str, int]:
+        old_set = set(old)
+        changed = [f for f in new if f not in old_set]
+        if self.mode == "nftables":
+            text = nft.render_update(plan, old, new)
+            return text, len(changed)
+        if tuple(old) == tuple(new):
+            return "", 0
+        stale = sorted({c for f in old for c in f.chains} - {c for f in new for c in f.chains})
+        return ipt.render_file(plan, new, changed, stale=stale, jumps=False), len(changed)
+
+    # ------------------------------------------------------------ persistence
+    def installed(self):
+        """An opaque record of what the kernel holds after the last successful sync."""
+        return self._installed
+
+    def restore_installed(self, record) -> None:
+        """Trust that the kernel holds ``record`` (from :meth:`installed` of an earlier
+        proxier for the same node, mode and family): the next sync is then partial."""
+        self._installed = record
+
+    def state_digest(self) -> Optional[str]:
+        """A digest of what was last installed (None before the first sync)."""
+        if self._installed is None:
+            return None
+        h = hashlib.sha256(repr(self._installed.context).encode())
+        for f in self._installed.fragments:
+            h.update(repr(f).encode())
+        return h.hexdigest()
