@@ -13,6 +13,8 @@ import pickle
 import tempfile
 from typing import Optional
 
+from .backends import iptables as ipt
+from .backends import nftables as nft
 from .compiler import CompileResult
 from .model import Cluster
 from .plan import Family, Mode
@@ -84,12 +86,10 @@ def apply_cluster(ns: str, cluster: Cluster, node: str, *, mode: Optional[Mode] 
     if record is not None:
         held = netns.installed_chains(ns, mode, ipv6=family == "ipv6")
         if mode == "iptables":
-            ours = {c for f in record.fragments for c in f.chains}
-            held = {c for c in held if c.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"))}
+            held = {c for c in held if c.startswith(ipt.SERVICE_CHAIN_PREFIXES)}
         else:
-            ours = {c for f in record.fragments for c in f.chains}
-            held = {c for c in held if c.startswith(("service-", "local-", "external-", "firewall-", "endpoint-"))}
-        if held == ours:
+            held -= nft.FIXED_CHAINS
+        if held == {c for f in record.fragments for c in f.chains}:
             proxier.restore_installed(record)
     forget(ns, mode, family)  # until this sync is known to be in the kernel
     result = proxier.sync(full=full)

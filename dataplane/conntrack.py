@@ -5,9 +5,11 @@ packets keep coming, so after an endpoint is removed a UDP client keeps
 reaching it, and a client that cached a REJECT keeps getting it. After each
 sync kube-proxy deletes:
 
-* for every endpoint no longer used by a UDP/SCTP service port: the entries of
-  each of the port's frontends (ClusterIP, external IPs, load-balancer IPs)
-  DNATed to that endpoint, and those of its NodePort DNATed to it;
+* for every endpoint of a UDP/SCTP service port that was serving (or ready) and
+  is now gone or has changed its serving state: the entries of each of the
+  port's frontends (ClusterIP, external IPs, load-balancer IPs) DNATed to that
+  endpoint, and those of its NodePort DNATed to it. An endpoint that turns
+  terminating but keeps serving keeps its flows (graceful shutdown);
 * for every UDP/SCTP service port that had no endpoint and now has one: every
   entry to its frontends (they may cache the REJECT).
 """
@@ -21,7 +23,7 @@ from .plan import NodePlan, ServicePortPlan
 TRACKED = ("udp", "sctp")
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class ConntrackDelete:
     """One ``conntrack -D`` filter."""
 
@@ -47,8 +49,16 @@ def _key(p: ServicePortPlan) -> tuple[str, str, str, str]:
     return (p.namespace, p.name, p.port_name, p.protocol)
 
 
-def _used_ips(p: ServicePortPlan) -> set[str]:
-    return {e.ip for e in p.endpoints}
+def _stale_ips(was: ServicePortPlan, now: Optional[ServicePortPlan]) -> set[str]:
+    """IPs of endpoints that may have flows and are gone or changed serving state."""
+    current = {(e.ip, e.port): e.serving for e in now.known_endpoints} if now else {}
+    stale = set()
+    for e in was.known_endpoints:
+        if not (e.serving or e.ready):
+            continue  # nothing was sent to it
+        if current.get((e.ip, e.port)) != e.serving:
+            stale.add(e.ip)
+    return stale
 
 
 def _frontends(p: ServicePortPlan) -> list[str]:
@@ -65,8 +75,7 @@ def stale_entries(old: Optional[NodePlan], new: NodePlan) -> list[ConntrackDelet
     out: set[ConntrackDelete] = set()
     for key, was in before.items():
         now = after.get(key)
-        gone = _used_ips(was) - (_used_ips(now) if now else set())
-        for ip in gone:
+        for ip in sorted(_stale_ips(was, now)):
             for front in _frontends(was):
                 out.add(ConntrackDelete(family, was.protocol, orig_dst=front, dst_nat=ip))
             if was.node_port:
@@ -78,7 +87,7 @@ def stale_entries(old: Optional[NodePlan], new: NodePlan) -> list[ConntrackDelet
                 out.add(ConntrackDelete(family, now.protocol, orig_dst=front))
             if now.node_port:
                 out.add(ConntrackDelete(family, now.protocol, orig_port_dst=now.node_port))
-    return sorted(out)
+    return sorted(out, key=lambda f: (f.protocol, f.orig_dst or "", f.orig_port_dst or 0, f.dst_nat or ""))
 
 
 def filters_text(filters: Sequence[ConntrackDelete]) -> str:

@@ -208,6 +208,7 @@ def _srv_records(srvs: Iterable[_Srv]) -> list[Record]:
 
 
 def _find_service(cluster: Cluster, key: tuple[str, str]) -> Service | None:
+    """The Service ``(namespace, name)`` of the input, if any."""
     for svc in cluster.services:
         if svc.key == key:
             return svc
@@ -269,22 +270,14 @@ def _record_key(record: Record) -> tuple:
     return (_name_key(record.name), _TYPE_ORDER.get(record.type, len(_TYPE_ORDER)), data)
 
 
-def _names_in(record: Record) -> tuple[str, ...]:
-    """The names of this zone a record uses: its owner, and an SRV record's target."""
-    return (record.name, record.data.split()[-1]) if record.type == "SRV" else (record.name,)
-
-
-def _drop_long_names(records: Iterable[Record]) -> tuple[list[Record], list[str]]:
-    """Records whose names fit in 255 octets, and a warning per name that does not."""
-    kept: list[Record] = []
-    too_long: set[str] = set()
-    for record in records:
-        long_names = [name for name in _names_in(record) if len(name) > _MAX_NAME_TEXT]
-        too_long.update(long_names)
-        if not long_names:
-            kept.append(record)
+def _drop_long_names(records: list[Record], srvs: list[_Srv]) -> tuple[list[Record], list[_Srv], list[str]]:
+    """The records and SRV entries whose names fit in 255 octets, and a warning per name that does not."""
+    used = [r.name for r in records] + [name for srv in srvs for name in (srv.owner, srv.target)]
+    too_long = {name for name in used if len(name) > _MAX_NAME_TEXT}
     warnings = [f"{name}: longer than 255 octets; records using it are left out" for name in sorted(too_long)]
-    return kept, warnings
+    kept_records = [r for r in records if r.name not in too_long]
+    kept_srvs = [s for s in srvs if s.owner not in too_long and s.target not in too_long]
+    return kept_records, kept_srvs, warnings
 
 
 def dns_view(cluster: Cluster, domain: str = DEFAULT_CLUSTER_DOMAIN) -> DnsView:
@@ -298,8 +291,9 @@ def dns_view(cluster: Cluster, domain: str = DEFAULT_CLUSTER_DOMAIN) -> DnsView:
         records += svc_records
         srvs += svc_srvs
         warnings += svc_warnings
-    kept, long_warnings = _drop_long_names([*set(records), *_srv_records(srvs)])
-    return DnsView(tuple(sorted(kept, key=_record_key)), tuple(warnings + long_warnings))
+    records, srvs, long_warnings = _drop_long_names(records, srvs)
+    everything = set(records) | set(_srv_records(srvs))
+    return DnsView(tuple(sorted(everything, key=_record_key)), tuple(warnings + long_warnings))
 
 
 def dns_records(cluster: Cluster, domain: str = DEFAULT_CLUSTER_DOMAIN) -> list[Record]:
@@ -473,6 +467,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _warn(messages: Iterable[str]) -> None:
+    """Print each message to stderr as ``warning: ...``."""
     for message in messages:
         print(f"warning: {message}", file=sys.stderr)
 

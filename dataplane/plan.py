@@ -115,6 +115,7 @@ class ServicePortPlan:
     external_filter: Optional[FilterVerdict]  # external traffic not DNATed is dropped/rejected
     external_steps: tuple[ExternalStep, ...]
     has_endpoints: bool
+    known_endpoints: tuple[PlanEndpoint, ...] = ()  # every endpoint of the slices, used or not
 
     @property
     def spn(self) -> str:
@@ -479,6 +480,7 @@ def plan_service_port(
         external_filter=verdict(has_external),
         external_steps=tuple(steps),
         has_endpoints=has_endpoints,
+        known_endpoints=tuple(pe for pe, _ in pairs),
     )
 
 

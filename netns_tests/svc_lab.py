@@ -86,3 +86,132 @@ def assert_reached(r: ProbeResult, *, pods: Iterable[str], dst_port: int, vip: t
     assert r.peer == vip, f"reply came from {r.peer}, not the service address {vip}"
     if src is not None:
         assert host(r.server_saw_src) == src, f"pod saw source {r.server_saw_src}, expected {src}"
+
+
+# --------------------------------------------------------------------------- family-aware helpers
+# (LoadBalancer / externalIPs tests.) The lab is ``Topology.simple(..., ipv6=True)``; the
+# manifests are dual-stack and the rules are compiled for one family at a time.
+
+FAMILIES = ("ipv4", "ipv6")
+BACKEND_FAMILIES = tuple((b, f) for b in BACKENDS for f in FAMILIES)
+DUAL_STACK_CLUSTER_CIDR = "10.244.0.0/16,fd00:10:244::/48"
+
+
+def backend_family_id(param: tuple[str, str]) -> str:
+    """Test id of a (backend, family) parameter, e.g. ``nftables-ipv6``."""
+    return f"{param[0]}-{param[1]}"
+
+
+def node_ip(i: int, family: str) -> str:
+    return f"2001:db8::{i}" if family == "ipv6" else f"192.0.2.{i}"
+
+
+def client_ip(k: int, family: str) -> str:
+    return f"2001:db8::{99 + k}" if family == "ipv6" else f"192.0.2.{99 + k}"
+
+
+def pod_ip(pod: str, family: str) -> str:
+    """The address of ``pod<i>-<j>`` in ``Topology.simple``."""
+    i, j = (int(x) for x in pod[len("pod"):].split("-"))
+    return f"fd00:10:244:{i}::{9 + j}" if family == "ipv6" else f"10.244.{i}.{9 + j}"
+
+
+def dual_stack_slices(namespace: str, service: str, ports: str, pods: Iterable[str],
+                      *, conditions: Optional[dict[str, str]] = None) -> str:
+    """An IPv4 and an IPv6 EndpointSlice for ``service`` whose endpoints are ``pods``
+    (``pod<i>-<j>`` names; nodeName ``node<i>``). ``ports`` is the slice's ports as YAML
+    flow text; ``conditions`` maps a pod to a YAML flow ``conditions`` value."""
+    docs = []
+    for family, suffix, address_type in (("ipv4", "v4", "IPv4"), ("ipv6", "v6", "IPv6")):
+        eps = []
+        for pod in pods:
+            node = "node" + pod[len("pod"):].split("-")[0]
+            cond = f", conditions: {conditions[pod]}" if conditions and pod in conditions else ""
+            eps.append(f"- {{addresses: ['{pod_ip(pod, family)}'], nodeName: {node}{cond}}}")
+        docs.append(
+            "apiVersion: discovery.k8s.io/v1\n"
+            "kind: EndpointSlice\n"
+            f"metadata: {{name: {service}-{suffix}, namespace: {namespace}, "
+            f"labels: {{kubernetes.io/service-name: {service}}}}}\n"
+            f"addressType: {address_type}\n"
+            f"ports: {ports}\n"
+            "endpoints:" + ("\n" + "\n".join(eps) if eps else " []")
+        )
+    return "\n---\n".join(docs) + "\n"
+
+
+def host_server(lab: Lab, member: str, *, tcp_ports: Iterable[int] = (), udp_ports: Iterable[int] = (),
+                name: Optional[str] = None):
+    """Reply servers in a *node's* or *client's* own namespace (a host process: a health-check
+    server, a load balancer's proxy, anything listening on a node or VIP address). Close it
+    (``with``) when done. Replies carry ``name`` (default: the member), so a probe it answered
+    has ``r.pod == name``."""
+    from dataplane.lab import Server
+
+    if not any(m.name == member for m in (*lab.topology.nodes, *lab.topology.clients)):
+        raise KeyError(f"{member!r} is not a node or client of the lab")
+    return Server(lab.ns(member), name or member, tcp_ports=tcp_ports, udp_ports=udp_ports)
+
+
+# --------------------------------------------------------------------------- endpoint details, extra addresses
+# (traffic policy, session affinity and endpoint selection tests.)
+
+
+def node_of(pod: str) -> str:
+    """The node of ``pod<i>-<j>`` in ``Topology.simple``: ``node<i>``."""
+    return "node" + pod[len("pod"):].split("-")[0]
+
+
+def dual_stack_endpoint_slices(namespace: str, service: str, ports: str,
+                               endpoints: Iterable[tuple[str, str]]) -> str:
+    """An IPv4 and an IPv6 EndpointSlice for ``service``, as the EndpointSlice controller
+    writes them: each endpoint is ``(pod, fields)`` where ``fields`` is extra YAML flow text
+    for it (``conditions: {...}``, ``hints: {...}``, or ""). Every endpoint gets its pod's
+    address, ``nodeName: node<i>``, ``zone: zone-<i>`` (its node's zone label, see
+    :func:`nodes_yaml`) and a ``targetRef`` to the Pod."""
+    docs = []
+    endpoints = list(endpoints)
+    for family, suffix, address_type in (("ipv4", "v4", "IPv4"), ("ipv6", "v6", "IPv6")):
+        eps = []
+        for pod, fields in endpoints:
+            node = node_of(pod)
+            extra = f", {fields}" if fields else ""
+            eps.append(
+                f"- {{addresses: ['{pod_ip(pod, family)}'], nodeName: {node}, zone: zone-{node[4:]}, "
+                f"targetRef: {{kind: Pod, namespace: {namespace}, name: {pod}}}{extra}}}"
+            )
+        docs.append(
+            "apiVersion: discovery.k8s.io/v1\n"
+            "kind: EndpointSlice\n"
+            f"metadata: {{name: {service}-{suffix}, namespace: {namespace}, "
+            f"labels: {{kubernetes.io/service-name: {service}, "
+            "endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io}}\n"
+            f"addressType: {address_type}\n"
+            f"ports: {ports}\n"
+            "endpoints:" + ("\n" + "\n".join(eps) if eps else " []")
+        )
+    return "\n---\n".join(docs) + "\n"
+
+
+def add_address(lab: Lab, member: str, address: str, *, deprecated: bool = False) -> None:
+    """Add a second address to ``eth0`` of a node or client, inside the underlay
+    (192.0.2.0/24 or 2001:db8::/64). An IPv4 one becomes a secondary address and an IPv6
+    one may be ``deprecated`` (preferred lifetime 0): either way the kernel never picks it
+    as a source address by itself (not for MASQUERADE either); a probe binds to it."""
+    if ":" in address:
+        argv = ["ip", "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad"]
+        if deprecated:
+            argv += ["preferred_lft", "0"]
+    else:
+        argv = ["ip", "-4", "addr", "add", f"{address}/24", "dev", "eth0"]
+    lab.run(member, argv)
+    # IPv6 installs the address's local route asynchronously (after the skipped DAD): until
+    # then the address is not "local" to routing, nor to addrtype / fib saddr type local.
+    import time
+
+    fam = "-6" if ":" in address else "-4"
+    deadline = time.monotonic() + 2.0
+    while not lab.run(member, ["ip", fam, "route", "show", "table", "local", address]).stdout.strip():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{member}: no local route for {address}")
+        time.sleep(0.005)

@@ -174,6 +174,14 @@ def _elements(v: ServiceView) -> tuple[Element, ...]:
     return tuple(out)
 
 
+# The chains every table has; all others belong to one service port.
+FIXED_CHAINS = frozenset({
+    "filter-prerouting-pre-dnat", "filter-output-pre-dnat", "filter-forward", "filter-input", "filter-output",
+    "nat-prerouting", "nat-output", "nat-postrouting", "cluster-ips-check", "firewall-check",
+    "mark-for-masquerade", "masquerading", "nodeport-endpoints-check", "reject-chain",
+    "service-endpoints-check", "services",
+})
+
 MAPS = ("service-ips", "service-nodeports", "firewall-ips", "no-endpoint-services", "no-endpoint-nodeports")
 
 

@@ -1,0 +1,128 @@
+"""Issue 3, proven with packets in both backends and both families: Service externalIPs.
+
+Topology (``Topology.simple(nodes=2, pods_per_node=2, clients=1, ipv6=True)``): node1
+(192.0.2.1 / 2001:db8::1, the node under test) and node2 route the pod CIDRs; client1
+(192.0.2.100 / 2001:db8::100) is outside the cluster and its default route goes via node1, so
+the external IPs (198.51.100.0/24, 2001:db8:ee::/64, routed to the cluster by the network)
+reach node1. The Services are dual-stack; node1's rules are compiled and applied for one
+family per test.
+"""
+from __future__ import annotations
+
+import pytest
+
+from dataplane.lab import Topology
+from svc_lab import (
+    BACKEND_FAMILIES,
+    DUAL_STACK_CLUSTER_CIDR,
+    assert_reached,
+    backend_family_id,
+    client_ip,
+    compile_and_apply,
+    dual_stack_slices,
+    node_ip,
+    nodes_yaml,
+    pod_ip,
+    proxy_config_yaml,
+    write_manifests,
+)
+
+pytestmark = pytest.mark.netns
+
+SLICE_PORTS = "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]"
+
+
+def service(name: str, index: int, extra_spec: str = "") -> str:
+    """A dual-stack ClusterIP Service shop/<name> with ClusterIPs 10.96.2.<index> /
+    fd00:10:96::2:<index> and externalIPs 198.51.100.<index> / 2001:db8:ee::<index>."""
+    return (
+        "apiVersion: v1\n"
+        "kind: Service\n"
+        f"metadata: {{name: {name}, namespace: shop}}\n"
+        "spec:\n"
+        "  ipFamilyPolicy: RequireDualStack\n"
+        "  ipFamilies: [IPv4, IPv6]\n"
+        f"  clusterIP: 10.96.2.{index}\n"
+        f"  clusterIPs: [10.96.2.{index}, 'fd00:10:96::2:{index}']\n"
+        f"  externalIPs: [198.51.100.{index}, '2001:db8:ee::{index}']\n"
+        "  ports:\n"
+        "  - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n"
+        "  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n"
+        + "".join(f"  {line}\n" for line in extra_spec.strip().splitlines())
+    )
+
+
+SERVICES = [
+    # eTP Cluster (the default): masqueraded, any endpoint.
+    service("front", 10),
+    dual_stack_slices("shop", "front", SLICE_PORTS, ["pod1-1", "pod2-1"]),
+    # No endpoints at all (the slices exist but are empty): rejected.
+    service("gone", 11),
+    dual_stack_slices("shop", "gone", SLICE_PORTS, []),
+    # eTP Local: the node's own endpoint only, the client's address preserved.
+    service("keep-source", 12, "externalTrafficPolicy: Local"),
+    dual_stack_slices("shop", "keep-source", SLICE_PORTS, ["pod1-2", "pod2-1"]),
+]
+
+
+class Env:
+    def __init__(self, lab, backend: str, family: str) -> None:
+        self.lab, self.backend, self.family = lab, backend, family
+        self.node1 = node_ip(1, family)
+        self.client1 = client_ip(1, family)
+
+    def eip(self, index: int) -> str:
+        return f"2001:db8:ee::{index}" if self.family == "ipv6" else f"198.51.100.{index}"
+
+
+@pytest.fixture(params=BACKEND_FAMILIES, ids=backend_family_id)
+def env(request, make_lab, tmp_path) -> Env:
+    """The lab with node1's rules applied for one (backend, family), and pod servers running."""
+    backend, family = request.param
+    lab = make_lab(Topology.simple(nodes=2, pods_per_node=2, clients=1, ipv6=True))
+    for pod in ("pod1-1", "pod1-2", "pod2-1", "pod2-2"):
+        lab.serve(pod, tcp_ports=(8080,), udp_ports=(5353,))
+    manifest = write_manifests(
+        tmp_path, proxy_config_yaml(cluster_cidr=DUAL_STACK_CLUSTER_CIDR), nodes_yaml(2, ipv6=True), *SERVICES
+    )
+    result = compile_and_apply(lab, manifest, backend, family=family)
+    assert result.warnings == (), result.warnings
+    return Env(lab, backend, family)
+
+
+def test_external_ip_reachable_and_masqueraded(env):
+    lab, eip = env.lab, env.eip(10)
+    for _ in range(6):  # both endpoints (local and remote); eTP Cluster: masqueraded
+        r = lab.tcp_probe("client1", eip, 80)
+        assert_reached(r, pods={"pod1-1", "pod2-1"}, dst_port=8080, vip=(eip, 80), src=env.node1)
+    r = lab.udp_probe("client1", eip, 53)
+    assert_reached(r, pods={"pod1-1", "pod2-1"}, dst_port=5353, vip=(eip, 53), src=env.node1)
+    # eTP Cluster marks every packet to an external destination, pod sources included
+    r = lab.tcp_probe("pod1-2", eip, 80)
+    assert_reached(r, pods={"pod1-1", "pod2-1"}, dst_port=8080, vip=(eip, 80), src=env.node1)
+    # an externalIP gives the Service no NodePort: port 80 on node1 itself is not DNATed
+    assert lab.tcp_probe("client1", env.node1, 80).outcome == "refused"
+
+
+def test_external_ip_without_endpoints_is_rejected(env):
+    lab, eip = env.lab, env.eip(11)
+    assert lab.tcp_probe("client1", eip, 80).outcome == "refused"
+    assert lab.udp_probe("client1", eip, 53).outcome == "refused"
+    assert lab.tcp_probe("pod1-1", eip, 80).outcome == "refused"
+
+
+def test_external_ip_local_policy_preserves_the_client_address(env):
+    lab, eip = env.lab, env.eip(12)
+    for _ in range(6):  # never the remote endpoint pod2-1, never masqueraded
+        r = lab.tcp_probe("client1", eip, 80)
+        assert_reached(r, pods={"pod1-2"}, dst_port=8080, vip=(eip, 80), src=env.client1)
+    r = lab.udp_probe("client1", eip, 53)
+    assert_reached(r, pods={"pod1-2"}, dst_port=5353, vip=(eip, 53), src=env.client1)
+    # pods short-circuit to the cluster-wide endpoints, keeping their own address
+    seen = set()
+    for _ in range(12):
+        r = lab.tcp_probe("pod1-1", eip, 80)
+        assert_reached(r, pods={"pod1-2", "pod2-1"}, dst_port=8080, vip=(eip, 80),
+                       src=pod_ip("pod1-1", env.family))
+        seen.add(r.pod)
+    assert seen == {"pod1-2", "pod2-1"}, seen  # p(miss) = 2 * 2^-12
