@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["cleanup"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
     p.set_defaults(func=cmd_cleanup)
+
+    from .discovery import add_commands as add_discovery_commands
+
+    add_discovery_commands(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import Literal, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -29,10 +30,10 @@ def _parse_ipv4_sloppy(text: str) -> ipaddress.IPv4Address:
     """Parse dotted-quad IPv4, accepting leading zeros as decimal (like Go's ParseIPSloppy)."""
     if not _SLOPPY_IPV4.fullmatch(text):
         raise ValueError(f"{text!r} is not an IPv4 address")
-    octets = [int(part) for part in text.split(".")]
-    if any(octet > 255 for octet in octets):
+    a, b, c, d = (int(part) for part in text.split("."))
+    if a > 255 or b > 255 or c > 255 or d > 255:
         raise ValueError(f"{text!r} is not an IPv4 address")
-    return ipaddress.IPv4Address(".".join(str(octet) for octet in octets))
+    return ipaddress.IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
 
 
 def _parse_ipv6_sloppy(text: str) -> IPAddress:
@@ -54,6 +55,12 @@ def parse_ip(text: str) -> IPAddress:
     """Parse an IP literal the way Kubernetes does; raise ValueError if it is not one."""
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a string")
+    return _parse_ip_cached(text)
+
+
+@lru_cache(maxsize=1 << 18)
+def _parse_ip_cached(text: str) -> IPAddress:
+    # Cached: a cluster names each endpoint IP several times (validation, family, canonical form).
     if ":" in text:
         return _parse_ipv6_sloppy(text)
     return _parse_ipv4_sloppy(text)

@@ -85,6 +85,7 @@ HostPort = tuple[str, int]
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,15}$")
+_BRIDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 FABRIC = "fabric"
 POD_GATEWAY6 = "fe80::1"
 _STATE_KIND = "kube-dataplane-lab"
@@ -120,13 +121,19 @@ def _net(value: str, version: int, what: str) -> ipaddress.IPv4Network | ipaddre
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
-    """A node: its underlay address(es) and pod CIDR(s)."""
+    """A node: its underlay address(es) and pod CIDR(s).
+
+    ``pod_bridge`` (opt-in): attach this node's pods to a Linux bridge of that
+    name, which carries the pods' gateway addresses, instead of routing each
+    pod's own veth (as bridge CNI plugins and kubenet's ``cbr0`` do).
+    """
 
     name: str
     ip: str
     pod_cidr: str
     ip6: Optional[str] = None
     pod_cidr6: Optional[str] = None
+    pod_bridge: Optional[str] = None
 
     @property
     def pod_gateway(self) -> str:
@@ -272,6 +279,14 @@ class Topology:
         cidrs: list[Any] = []
         for n in self.nodes:
             claim_name(n.name, "node")
+            if n.pod_bridge is not None and (
+                not _BRIDGE_NAME.match(n.pod_bridge) or n.pod_bridge in ("eth0", "lo")
+                or re.fullmatch(r"veth\d+", n.pod_bridge)
+            ):
+                raise UsageError(
+                    f"node {n.name}: pod_bridge {n.pod_bridge!r}: 1-15 characters (letters, digits, "
+                    "'-', '_', '.'), not eth0, lo or vethN"
+                )
             claim_ip(n.ip, 4, f"node {n.name}: ip", ul)
             pc = _net(n.pod_cidr, 4, f"node {n.name}: pod_cidr")
             if pc.prefixlen > 30:
@@ -987,6 +1002,8 @@ class Lab:
             waits: dict[str, list[str]] = {FABRIC: ["gw", "gw-br", *self._port_if.values()]}
             for n in topo.nodes:
                 waits[n.name] = ["eth0"] + [self._pod_if[p.name] for p in topo.pods if p.node == n.name]
+                if n.pod_bridge and any(p.node == n.name for p in topo.pods):
+                    waits[n.name].append(n.pod_bridge)
             for p in topo.pods:
                 waits[p.name] = ["eth0"]
             for c in topo.clients:
@@ -1059,6 +1076,19 @@ class Lab:
             if other.pod_cidr6 and other.ip6 and n.ip6 and v6:
                 ipr.route("add", dst=other.pod_cidr6, gateway=other.ip6)
         pods = [p for p in topo.pods if p.node == n.name]
+        bridge = None
+        if n.pod_bridge:
+            # The bridge holds the gateway addresses the veths hold otherwise;
+            # the pods' veths are its ports, and pod routes point at it.
+            bridge = 90
+            ipr.link(
+                "add", ifname=n.pod_bridge, index=bridge, kind="bridge",
+                br_stp_state=0, br_forward_delay=0, br_mcast_snooping=0,
+            )
+            self._addr(ipr, bridge, n.pod_gateway, 32, scope=253)
+            if v6:
+                self._addr(ipr, bridge, POD_GATEWAY6, 64)
+            ipr.link("set", index=bridge, state="up")
         for j, p in enumerate(pods, start=1):
             ifname, index = f"veth{j}", 100 + j
             ipr.link(
@@ -1066,6 +1096,13 @@ class Lab:
                 peer={"ifname": "eth0", "net_ns_fd": self._ns[p.name]},
             )
             self._pod_if[p.name] = ifname
+            if bridge is not None:
+                ipr.link("set", index=index, master=bridge, state="up")
+                ipr.route("add", dst=f"{p.ip}/32", oif=bridge)
+                if p.ip6 and v6:
+                    ipr.route("add", dst=f"{p.ip6}/128", oif=bridge)
+                self._build_pod(iprs[p.name], n, p, v6)
+                continue
             # scope link: usable as the pods' gateway and ARP source, never picked
             # as a MASQUERADE/source address (the underlay IP is).
             self._addr(ipr, index, n.pod_gateway, 32, scope=253)

@@ -14,23 +14,24 @@ from functools import lru_cache
 NFT_MAX_BASE = 240  # 256 name length limit minus a prefix budget, as kube-proxy does
 
 
-def _b32(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+def _b32(text: str, chars: int = 16) -> str:
+    """The first ``chars`` characters of base32(sha256(text)) (a multiple of 8: whole 5-byte groups)."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[: chars * 5 // 8]).decode()
 
 
 @lru_cache(maxsize=None)
 def iptables_service_hash(spn: str, protocol: str) -> str:
     """The 16-character hash shared by a service port's SVC/SVL/EXT/FW chains."""
-    return _b32(spn + protocol.lower())[:16]
+    return _b32(spn + protocol.lower())
 
 
 def iptables_endpoint_chain(spn: str, protocol: str, endpoint: str) -> str:
     """``KUBE-SEP-…`` for an endpoint written as in the DNAT target (``ip:port``/``[ip6]:port``)."""
-    return "KUBE-SEP-" + _b32(spn + protocol.lower() + endpoint)[:16]
+    return "KUBE-SEP-" + _b32(spn + protocol.lower() + endpoint)
 
 
 def _nft_base(text: str) -> str:
-    base = _b32(text)[:8] + "-" + text
+    base = _b32(text, 8) + "-" + text
     if len(base) > NFT_MAX_BASE:
         base = base[: NFT_MAX_BASE - 3] + "..."
     return base

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Literal, Optional, Sequence
 
 from .errors import UsageError
@@ -58,11 +59,12 @@ class PlanEndpoint:
     ready: bool
     serving: bool
     terminating: bool
+    address: str = ""  # ``ip:port``, brackets around IPv6 addresses (as in a DNAT target); derived
 
-    @property
-    def address(self) -> str:
-        """``ip:port``, with brackets around IPv6 addresses (as in a DNAT target)."""
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+    def __post_init__(self) -> None:
+        if not self.address:
+            object.__setattr__(self, "address",
+                               f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +179,10 @@ def _ip_sort_key(ip: str) -> tuple[int, int]:
     return (addr.version, int(addr))
 
 
-def _family_of(ip: str) -> Optional[Family]:
-    try:
-        return "ipv6" if ipaddress.ip_address(ip).version == 6 else "ipv4"
-    except ValueError:
-        return None
+def _family_of(ip: str) -> Family:
+    """Family of an IP literal. Model IPs are validated and canonical (see dataplane.model),
+    so a ':' means IPv6."""
+    return "ipv6" if ":" in ip else "ipv4"
 
 
 def _cidr_family(cidr: str) -> Optional[Family]:
@@ -240,33 +241,34 @@ def _node_ips(node: Node, family: Family) -> tuple[str, ...]:
 def _nodeport_destinations(
     config: ProxyConfig, node_ips: Sequence[str], family: Family, mode: Mode
 ) -> NodePortDestinations:
-    """kube-proxy's nodePortAddresses handling, per mode."""
+    """kube-proxy's nodePortAddresses handling, per mode.
+
+    Unset means every local address in iptables mode and ``primary`` in
+    nftables mode; ``primary`` stands for the node's primary IP of each family.
+    A family left without any CIDR (none of its family listed, or no primary IP
+    of that family) matches every local address, as kube-proxy's
+    ``NewNodePortAddresses`` falls back to ``0.0.0.0/0`` / ``::/0``.
+    The node's addresses stand in for the addresses of its interfaces.
+    """
     entries = config.node_port_addresses
-    cidrs = [c for c in entries if c != "primary" and _cidr_family(c) == family]
-    want_primary = "primary" in entries or (not entries and mode == "nftables")
-    if not entries and mode == "iptables":
-        match_all = True
+    if not entries and mode == "nftables":
+        entries = ("primary",)
+    if "primary" in entries:
+        cidrs = [f"{node_ips[0]}/{128 if family == 'ipv6' else 32}"] if node_ips else []
     else:
-        match_all = any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs)
-    loopback = "127.0.0.0/8" if family == "ipv4" else "::1/128"
+        cidrs = [c for c in entries if _cidr_family(c) == family]
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    match_all = not nets or any(n.prefixlen == 0 for n in nets)
+    loopback = ipaddress.ip_network("127.0.0.0/8")
     localhost = (
         mode == "iptables"
         and family == "ipv4"
         and config.iptables_localhost_node_ports
-        and (
-            not entries
-            or any(ipaddress.ip_network(c).overlaps(ipaddress.ip_network(loopback)) for c in cidrs)
-        )
+        and (match_all or any(n.overlaps(loopback) for n in nets))
     )
     if match_all:
         return NodePortDestinations(match_all=True, localhost=localhost)
-    ips: list[str] = []
-    if want_primary and node_ips:
-        ips.append(node_ips[0])
-    nets = [ipaddress.ip_network(c) for c in cidrs]
-    for ip in node_ips:
-        if any(ipaddress.ip_address(ip) in n for n in nets) and ip not in ips:
-            ips.append(ip)
+    ips = [ip for ip in node_ips if any(ipaddress.ip_address(ip) in n for n in nets)]
     if localhost:
         ips.append("127.0.0.1")
     return NodePortDestinations(match_all=False, ips=tuple(ips), localhost=localhost)
@@ -279,6 +281,10 @@ def _slice_index(slices: Iterable[EndpointSlice], family: Family) -> dict[tuple[
     index: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
     want = _ADDRESS_TYPE[family]
     for s in slices:
+        # kube-proxy watches EndpointSlices (like Services) with a label selector
+        # that leaves out those labelled service-proxy-name or headless.
+        if labels_get(s.labels, LABEL_SERVICE_PROXY_NAME) is not None or labels_get(s.labels, LABEL_HEADLESS) is not None:
+            continue
         if s.service_name and s.address_type == want:
             index[(s.namespace, s.service_name)].append(s)
     for lst in index.values():
@@ -416,7 +422,9 @@ def plan_service_port(
     externally_accessible = bool(node_port or external_ips or lb_ips)
     internal_local = svc.internal_traffic_policy == "Local"
     external_local = svc.external_traffic_policy == "Local" and externally_accessible
-    uses_cluster_eps = not internal_local or (externally_accessible and not external_local)
+    # Cluster endpoints are needed for iTP Cluster, and for any externally reachable
+    # service even with eTP Local (pod and host traffic is short-circuited to them).
+    uses_cluster_eps = not internal_local or externally_accessible
     uses_local_eps = internal_local or external_local
 
     pairs = collect_endpoints(slices, port, node.name, family, warnings)

@@ -218,3 +218,12 @@ def test_affinity_and_health_check_node_port():
     p = only(plan_of([s], [slice_(ep("10.1.0.1"))]))
     assert p.affinity_timeout == 30 and p.health_check_node_port == 30100
     assert only(plan_of([svc(type="LoadBalancer", health_check_node_port=30100)])).health_check_node_port is None
+
+
+def test_both_policies_local_still_short_circuit_to_cluster_endpoints():
+    # upstream UsesClusterEndpoints: !iTP Local || externally accessible
+    s = slice_(ep("10.1.0.1"), ep("10.1.0.2", node="node-b"))
+    p = only(plan_of([svc(type="NodePort", node_port=30001, internal_traffic_policy="Local",
+                          external_traffic_policy="Local")], [s]))
+    assert p.uses_cluster_chain and addrs(p.cluster_endpoints) == ["10.1.0.1:8080", "10.1.0.2:8080"]
+    assert p.internal_chain == "local" and ExternalStep("pod", "cluster") in p.external_steps

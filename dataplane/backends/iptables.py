@@ -83,6 +83,7 @@ class EndpointView:
     chain: str
     address: str  # DNAT target
     source: str  # "-s ip/32" for the hairpin rule
+    jump_comment: str  # comment of the policy chain's jump to it ("" in large clusters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class PolicyView:
 class StepView:
     pre: str  # address options (before -p / -m comment)
     post: str  # matches after the comment
-    comment: Optional[str]
+    comment: str  # "-m comment --comment … " or ""
     target: str
 
 
@@ -121,8 +122,11 @@ class ServiceView:
     policies: tuple[PolicyView, ...]
     steps: tuple[StepView, ...]
     endpoints: tuple[EndpointView, ...]
-    reject_with: str
     affinity_mask: str
+    comments: dict[str, str]  # "-m comment --comment … " texts, by use
+    internal_filter_target: str  # "REJECT --reject-with …" / "DROP" / ""
+    external_filter_target: str
+    ep_comment: str  # comment of the endpoint chains' rules ("" in large clusters)
 
 
 def _host(ip: str) -> str:
@@ -149,7 +153,21 @@ _STEP_COMMENTS = {
 }
 
 
-def _service_view(p: ServicePortPlan, plan: NodePlan) -> ServiceView:
+def _comment(text: str) -> str:
+    return f"-m comment --comment {quote(text)} "
+
+
+def _filter_target(verdict: Optional[str], reject_with: str) -> str:
+    if verdict == "reject":
+        return f"REJECT --reject-with {reject_with}"
+    return "DROP" if verdict == "drop" else ""
+
+
+def _why(spn: str, verdict: Optional[str]) -> str:
+    return _comment(spn + (" has no endpoints" if verdict == "reject" else " has no local endpoints"))
+
+
+def _service_view(p: ServicePortPlan, plan: NodePlan, large: bool = False) -> ServiceView:
     spn = p.spn
     h = iptables_service_hash(spn, p.protocol)
     svc_chain, svl_chain = f"KUBE-SVC-{h}", f"KUBE-SVL-{h}"
@@ -161,6 +179,7 @@ def _service_view(p: ServicePortPlan, plan: NodePlan) -> ServiceView:
             chain=iptables_endpoint_chain(spn, p.protocol, ep.address),
             address=ep.address,
             source=f"-s {_host(ep.ip)}",
+            jump_comment="" if large else _comment(f"{spn} -> {ep.address}"),
         )
         for ep in p.endpoints
     }
@@ -192,10 +211,11 @@ def _service_view(p: ServicePortPlan, plan: NodePlan) -> ServiceView:
         elif s.source == "host":
             post = "-m addrtype --src-type LOCAL "
         template_text = _STEP_COMMENTS.get((s.source, s.action))
-        steps.append(StepView(pre=pre, post=post, comment=template_text.format(spn) if template_text else None,
+        steps.append(StepView(pre=pre, post=post, comment=_comment(template_text.format(spn)) if template_text else "",
                               target=chain_of[s.action]))
 
     ipv6 = plan.family == "ipv6"
+    reject_with = "icmp6-port-unreachable" if ipv6 else "icmp-port-unreachable"
     return ServiceView(
         plan=p,
         spn=spn,
@@ -212,8 +232,21 @@ def _service_view(p: ServicePortPlan, plan: NodePlan) -> ServiceView:
         policies=tuple(policies),
         steps=tuple(steps),
         endpoints=tuple(ep_views[a] for a in sorted(ep_views)),
-        reject_with="icmp6-port-unreachable" if ipv6 else "icmp-port-unreachable",
         affinity_mask="ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" if ipv6 else "255.255.255.255",
+        comments={
+            "cluster_ip": _comment(spn + " cluster IP"),
+            "external_ip": _comment(spn + " external IP"),
+            "lb_ip": _comment(spn + " loadbalancer IP"),
+            "spn": _comment(spn),
+            "internal_filter": _why(spn, p.internal_filter),
+            "external_filter": _why(spn, p.external_filter),
+            "health_check": _comment(spn + " health check node port"),
+            "firewall_drop": _comment(f"{spn} traffic not accepted by {fw_chain}"),
+            "firewall_end": _comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL").rstrip(),
+        },
+        internal_filter_target=_filter_target(p.internal_filter, reject_with),
+        external_filter_target=_filter_target(p.external_filter, reject_with),
+        ep_comment="" if large else _comment(spn),
     )
 
 
@@ -244,13 +277,13 @@ class Renderer:
 
     def __init__(self) -> None:
         self._cache: dict[tuple, ServiceFragment] = {}
-        self._module = template("iptables_service.j2").make_module({"q": quote})
+        self._module = template("iptables_service.j2").module
 
     def fragment(self, p: ServicePortPlan, plan: NodePlan, large: bool) -> ServiceFragment:
         key = (p, _context(plan, large))
         frag = self._cache.get(key)
         if frag is None:
-            v = _service_view(p, plan)
+            v = _service_view(p, plan, large)
             m = self._module
             sections = tuple(str(getattr(m, name)(v)) for name in SECTIONS)
             chains: list[str] = []
@@ -260,7 +293,7 @@ class Renderer:
                 chains.append(v.fw_chain)
             chains += [pol.chain for pol in v.policies]
             chains += [ep.chain for ep in v.endpoints]
-            frag = ServiceFragment(sections, tuple(chains), str(m.own_chains(v, large)))
+            frag = ServiceFragment(sections, tuple(chains), str(m.own_chains(v)))
             self._cache[key] = frag
         return frag
 

@@ -101,12 +101,13 @@ def run_trace(args: argparse.Namespace) -> TraceResult:
     family = args.ip_family or _family_of(args.dst)
     packet = Packet(src=args.src, dst=args.dst, dport=args.dport, proto=args.proto, from_node=args.from_node,
                     in_interface=args.in_interface, family=family)
+    node_ips: tuple[str, ...] = ()
     if args.rules is not None:
         if args.node:
             raise UsageError("--node cannot be used with --rules (give the node's addresses with --node-ip)")
         if not args.backend:
             raise UsageError("--backend is required with --rules")
-        text, backend, node_ips = _read_rules(args.rules), args.backend, ()
+        text, backend = _read_rules(args.rules), args.backend
     else:
         text, backend, node_ips = _compiled(args, family)
     return trace(text, backend, packet, local_ips=[*node_ips, *args.node_ip])

@@ -197,6 +197,7 @@ class _RuleParser:
             if op is None:
                 raise self.error("-m recent needs one of --set, --rcheck, --update, --remove")
             recent = Recent(op, self.recent.get("name", "DEFAULT"), self.recent_negate)
+        self.check_target()
         return Rule(self.line, self.text.strip(), tuple(self.conds), self.probability, recent,
                     self.target, self.goto, tuple(self.options))
 
@@ -306,6 +307,21 @@ class _RuleParser:
         self.recent[key] = value
 
     # -- target ------------------------------------------------------------
+
+    def check_target(self) -> None:
+        """Options a target cannot do without must be there and well formed."""
+        options = dict(self.options)
+        if self.target == "DNAT":
+            if "--to-destination" not in options:
+                raise self.error("DNAT needs --to-destination")
+            try:
+                parse_nat_target(options["--to-destination"], 1)
+            except TraceError as e:
+                raise self.error(str(e)) from None
+        if self.target == "MARK":
+            if len(options) != 1:
+                raise self.error("MARK needs exactly one of --set-xmark, --set-mark, --or-mark, --and-mark, --xor-mark")
+            _value_mask(next(iter(options.values())), self.error)
 
     def target_option(self, option: str, negate: bool) -> None:
         assert self.target is not None
@@ -454,10 +470,9 @@ class Ruleset:
             chain = hook.upper()
             if table is None or not (table.chains.get(chain) or chain in table.policies):
                 continue
-            policy = "drop" if table.policies.get(chain) == "DROP" else "accept"
-            runner = _Runner(table, ctx)
-            out.append(BaseChain(label=f"{name} {chain}", nat=name == "nat", policy=policy,
-                                 run=lambda flow, log, r=runner, c=chain: r.run(c, flow, log, ())))
+            out.append(BaseChain(label=f"{name} {chain}", nat=name == "nat",
+                                 policy="drop" if table.policies.get(chain) == "DROP" else "accept",
+                                 run=_Runner(table, ctx).entry(chain)))
         return out
 
 
@@ -467,6 +482,12 @@ class _Runner:
 
     table: Table
     ctx: Context
+
+    def entry(self, chain: str) -> Callable[[Flow, Log], list[Outcome]]:
+        """Run the built-in chain ``chain``."""
+        def run_base(flow: Flow, log: Log) -> list[Outcome]:
+            return self.run(chain, flow, log, ())
+        return run_base
 
     def run(self, chain: str, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
         """All outcomes of ``chain`` for ``flow`` (END when it falls off the end)."""
@@ -563,12 +584,8 @@ class _Runner:
 
     def t_dnat(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
         target = rule.option("--to-destination")
-        if target is None:
-            raise _fail(rule.line, "DNAT needs --to-destination", rule.text)
-        try:
-            ip, port = parse_nat_target(target, flow.dport)
-        except TraceError as e:
-            raise _fail(rule.line, str(e), rule.text) from None
+        assert target is not None  # checked when parsed
+        ip, port = parse_nat_target(target, flow.dport)
         log(f"DNAT to {endpoint_text(ip, port)}")
         return [(flow.after_dnat(ip, port), Ctl.ACCEPT)]
 

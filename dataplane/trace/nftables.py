@@ -397,7 +397,7 @@ class _Parser:
         elif kind.is_("element"):
             table = self.table_ref()
             nft_set = self.set_of(table, self.next("a set name").text)
-            gone = {e.key for e in self.element_list(nft_set.is_map)}
+            gone = {e.key for e in self.element_list(None)}
             nft_set.elements = [e for e in nft_set.elements if e.key not in gone]
         else:
             raise self.error(f"unsupported object {kind.text!r}", kind.line)
@@ -473,7 +473,7 @@ class _Parser:
                 raise self.error(f"unsupported set property {tok.text!r}", tok.line)
         self.end_of_statement()
 
-    def element_list(self, is_map: bool) -> list[Element]:
+    def element_list(self, is_map: Optional[bool]) -> list[Element]:
         """``{ elem, elem, … }`` (newlines allowed inside)."""
         self.expect("{")
         body: list[Tok] = []
@@ -575,8 +575,13 @@ def _split(toks: list[Tok], sep: str) -> list[list[Tok]]:
     return parts
 
 
-def parse_elements(body: list[Tok], is_map: bool, error: Callable[[str], TraceError]) -> list[Element]:
-    """The elements of ``{ … }``: ``k1 . k2 [comment "x"] [timeout 1s] [: verdict]``."""
+def parse_elements(body: list[Tok], verdicts: Optional[bool],
+                   error: Callable[[str, int], TraceError]) -> list[Element]:
+    """The elements of ``{ … }``: ``k1 . k2 [comment "x"] [timeout 1s] [: verdict]``.
+
+    ``verdicts``: True for a verdict map, False for a set, None when either is fine.
+    ``error(message, line)`` builds the error for a bad element.
+    """
     out = []
     for part in _split(body, ","):
         if not part:
@@ -593,14 +598,14 @@ def parse_elements(body: list[Tok], is_map: bool, error: Callable[[str], TraceEr
             elif not tok.is_("."):
                 key.append(tok.text)
         if not key:
-            raise error("empty element")
+            raise error("empty element", line)
         verdict = None
-        if is_map:
-            if not verdict_toks:
-                raise error(f"map element {' . '.join(key)} has no verdict")
-            verdict = _verdict(verdict_toks, error)
-        elif verdict_toks:
-            raise error("a set element has no verdict")
+        if verdicts and not verdict_toks:
+            raise error(f"map element {' . '.join(key)} has no verdict", line)
+        if verdict_toks:
+            if verdicts is False:
+                raise error("a set element has no verdict", line)
+            verdict = _verdict(verdict_toks, lambda m: error(m, line))
         out.append(Element(tuple(key), verdict, line))
     return out
 
@@ -701,6 +706,10 @@ class _RuleParser:
             raise self.error(f"{kind}: only '{kind} to ADDRESS' is supported")
         self.i += 1
         target = self.take("a NAT target").text
+        try:
+            parse_nat_target(target, 1)
+        except TraceError as e:
+            raise self.error(str(e)) from None
         self.skip_options(("fully-random", "random", "persistent", ","))
         return Nat(kind, target)
 
@@ -721,7 +730,7 @@ class _RuleParser:
         self.take_braced()
         if self.at("timeout"):
             self.i += 2
-        return Note(f"affinity: {word} the source to @{name}", show=True)
+        return Note(f"affinity: remember the source in @{name}", show=True)
 
     def take_braced(self) -> list[Tok]:
         """The tokens inside the ``{ … }`` that comes next."""
@@ -785,7 +794,7 @@ class _RuleParser:
             self.i += 1
             return Lookup(sels_t, negate, tok.text[1:])
         if tok.is_("{"):
-            elements = parse_elements(self.take_braced(), False, self.error)
+            elements = parse_elements(self.take_braced(), False, lambda m, _line: self.error(m))
             values = tuple(e.key for e in elements)
         else:
             values = (self.concat_value(len(sels)),)
@@ -815,6 +824,15 @@ class _RuleParser:
                 raise self.error(f"unsupported conntrack state {literal!r}")
             if sel.kind.startswith("fib-") and literal not in _ADDR_TYPES:
                 raise self.error(f"unsupported address type {literal!r}")
+            if sel.kind == "l4proto" and literal not in PROTO_NUMBERS and not literal.isdigit():
+                raise self.error(f"unknown protocol {literal!r}")
+            if sel.kind in ("dport", "numgen"):
+                try:
+                    [_port(part) for part in literal.split("-", 1)]
+                except TraceError as e:
+                    raise self.error(str(e)) from None
+            if sel.kind == "mark":
+                self.number(literal)
 
     def vmap(self, sels: tuple[Selector, ...]) -> Vmap:
         tok = self.take("@map or '{'")
@@ -822,7 +840,7 @@ class _RuleParser:
             return Vmap(sels, tok.text[1:], ())
         if tok.is_("{"):
             self.i -= 1
-            elements = tuple(parse_elements(self.take_braced(), True, self.error))
+            elements = tuple(parse_elements(self.take_braced(), True, lambda m, _line: self.error(m)))
             for e in elements:
                 self.check_value(sels, e.key)
             return Vmap(sels, None, elements)
@@ -836,9 +854,12 @@ class _RuleParser:
         simple = _SELECTORS.get(pair)
         if simple is not None:
             self.i += 1
-            return Selector(text=pair, **simple)
-        if word in ("mark", "iifname", "oifname"):
+            kind, version, proto = simple
+            return Selector(kind=kind, text=pair, version=version, proto=proto)
+        if word in ("mark", "iifname"):
             return Selector(kind=word, text=word)
+        if word == "oifname" or pair == "meta oifname":
+            raise self.error("the output interface (oifname) is not modelled")
         if word == "fib" and nxt is not None and nxt.text in ("saddr", "daddr"):
             self.i += 1
             if not self.at("type"):
@@ -859,23 +880,23 @@ class _RuleParser:
         raise self.error(f"unsupported expression {word!r}")
 
 
-_SELECTORS: dict[str, dict[str, object]] = {
-    "ip saddr": {"kind": "saddr", "version": 4},
-    "ip daddr": {"kind": "daddr", "version": 4},
-    "ip6 saddr": {"kind": "saddr", "version": 6},
-    "ip6 daddr": {"kind": "daddr", "version": 6},
-    "ip protocol": {"kind": "l4proto", "version": 4},
-    "ip6 nexthdr": {"kind": "l4proto", "version": 6},
-    "meta l4proto": {"kind": "l4proto"},
-    "meta mark": {"kind": "mark"},
-    "meta iifname": {"kind": "iifname"},
-    "meta oifname": {"kind": "oifname"},
-    "meta nfproto": {"kind": "nfproto"},
-    "th dport": {"kind": "dport"},
-    "tcp dport": {"kind": "dport", "proto": "tcp"},
-    "udp dport": {"kind": "dport", "proto": "udp"},
-    "sctp dport": {"kind": "dport", "proto": "sctp"},
-    "ct state": {"kind": "ct-state"},
+# "word word" selectors: (kind, IP version it is limited to, protocol it implies)
+_SELECTORS: dict[str, tuple[str, Optional[int], Optional[str]]] = {
+    "ip saddr": ("saddr", 4, None),
+    "ip daddr": ("daddr", 4, None),
+    "ip6 saddr": ("saddr", 6, None),
+    "ip6 daddr": ("daddr", 6, None),
+    "ip protocol": ("l4proto", 4, None),
+    "ip6 nexthdr": ("l4proto", 6, None),
+    "meta l4proto": ("l4proto", None, None),
+    "meta mark": ("mark", None, None),
+    "meta iifname": ("iifname", None, None),
+    "meta nfproto": ("nfproto", None, None),
+    "th dport": ("dport", None, None),
+    "tcp dport": ("dport", None, "tcp"),
+    "udp dport": ("dport", None, "udp"),
+    "sctp dport": ("dport", None, "sctp"),
+    "ct state": ("ct-state", None, None),
 }
 
 
@@ -911,7 +932,7 @@ def read(sel: Selector, flow: Flow, ctx: Context) -> Value:
         return flow.ct_states
     if kind == "nfproto":
         return "ipv6" if flow.version == 6 else "ipv4"
-    raise TraceError(f"{sel.text} cannot be evaluated here (output interfaces are not modelled)")
+    raise TraceError(f"{sel.text} cannot be evaluated")  # pragma: no cover (rejected when parsed)
 
 
 def literal_matches(sel: Selector, value: Value, literal: str) -> bool:
@@ -1000,7 +1021,7 @@ class Ruleset:
                 label = f"{table.family} {table.name} {chain.name} (type {chain.ctype}, priority {chain.priority})"
                 base = BaseChain(label=label, nat=chain.ctype == "nat",
                                  policy="drop" if chain.policy == "drop" else "accept",
-                                 run=lambda flow, log, r=runner, c=chain.name: r.run(c, flow, log, ()))
+                                 run=runner.entry(chain.name))
                 found.append((chain.priority, order, base))
                 order += 1
         return [b for _, _, b in sorted(found, key=lambda t: (t[0], t[1]))]
@@ -1014,7 +1035,14 @@ class _Runner:
     ctx: Context
     ctype: str
 
+    def entry(self, name: str) -> Callable[[Flow, Log], list[Outcome]]:
+        """Run the base chain ``name``."""
+        def run_base(flow: Flow, log: Log) -> list[Outcome]:
+            return self.run(name, flow, log, ())
+        return run_base
+
     def run(self, name: str, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
+        """All outcomes of chain ``name`` for ``flow`` (END when it falls off the end)."""
         if len(stack) > MAX_DEPTH or name in stack:
             raise TraceError(f"table {self.table.family} {self.table.name}: jump loop through chain {name}")
         return self._from(self.table.chains[name], 0, flow, log, stack + (name,))
