@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .discovery import add_commands as add_discovery_commands
 
     add_discovery_commands(sub)
+    from .trace.cli import add_command as add_trace_command
+
+    add_trace_command(sub)
     return parser
 
 

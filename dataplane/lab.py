@@ -76,6 +76,8 @@ __all__ = [
     "tcp_probe",
     "udp_probe",
     "sctp_probe",
+    "sctp_probe_any",
+    "SctpProbeResult",
     "conntrack_entries",
     "parse_conntrack",
 ]
@@ -728,6 +730,173 @@ def sctp_probe(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class SctpProbeResult:
+    """What :func:`sctp_probe_any` saw.
+
+    ``ok``: the INIT arrived at ``capture`` (a ``(namespace, ifname)`` pair) as
+    ``seen``; ``refused``: no capture saw it and an ICMP error quoting it came
+    back to the sender (``error`` names it, e.g. a REJECT's port unreachable);
+    ``timeout``: neither happened.
+    """
+
+    outcome: Outcome
+    seen: Optional[SctpSeen] = None
+    capture: Optional[tuple[str, str]] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+def _sctp_quote_matches(quoted: bytes, version: int, sport: int, tag: int) -> bool:
+    """Whether an ICMP error's quoted packet is our SCTP INIT (source port, and the
+    initiate tag when the quote is long enough)."""
+    if version == 4:
+        if len(quoted) < 20 or quoted[9] != socket.IPPROTO_SCTP:
+            return False
+        l4 = quoted[(quoted[0] & 0x0F) * 4:]
+    else:
+        if len(quoted) < 40 or quoted[6] != socket.IPPROTO_SCTP:
+            return False
+        l4 = quoted[40:]
+    if len(l4) < 2 or struct.unpack("!H", l4[:2])[0] != sport:
+        return False
+    return len(l4) < 20 or struct.unpack("!I", l4[16:20])[0] == tag
+
+
+def _sctp_icmp_error(data: bytes, version: int, sport: int, tag: int) -> Optional[str]:
+    """``"ICMP type T code C"`` if ``data`` (read from a raw ICMP/ICMPv6 socket) is an
+    error about our INIT, else None."""
+    if version == 4:  # raw IPv4 sockets return the IP header too
+        if len(data) < 20:
+            return None
+        data = data[(data[0] & 0x0F) * 4:]
+        errors = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
+    else:
+        errors = (1, 3, 4)
+    if len(data) < 8 or data[0] not in errors:
+        return None
+    if not _sctp_quote_matches(data[8:], version, sport, tag):
+        return None
+    return f"ICMP{'v6' if version == 6 else ''} type {data[0]} code {data[1]}"
+
+
+def _sctp_frame_seen(frame: bytes, tag: int) -> Optional[SctpSeen]:
+    """The INIT with initiate tag ``tag`` in an Ethernet frame, or None."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.layers.sctp import SCTP, SCTPChunkInit
+
+    p = Ether(frame)
+    if SCTP not in p or SCTPChunkInit not in p or p[SCTPChunkInit].init_tag != tag:
+        return None
+    l3p = p[IPv6] if IPv6 in p else p[IP]
+    return SctpSeen(str(l3p.src), str(l3p.dst), int(p[SCTP].sport), int(p[SCTP].dport), tag)
+
+
+def sctp_probe_any(
+    client_ns: str,
+    src_ip: str,
+    dst: str,
+    dport: int,
+    captures: Sequence[tuple[str, str]],
+    *,
+    sport: Optional[int] = None,
+    init_tag: Optional[int] = None,
+    timeout: float = 1.0,
+) -> SctpProbeResult:
+    """Like :func:`sctp_probe`, but watching several interfaces at once and the sender's ICMP errors.
+
+    The INIT is looked for on every ``(namespace, ifname)`` of ``captures`` (so a
+    load-balanced VIP can be probed without knowing which endpoint it picks); a
+    raw ICMP socket in ``client_ns`` catches errors quoting the INIT (a REJECT).
+    An arrival wins over an error (a pod without SCTP support answers the INIT
+    with an ICMP error of its own).
+    """
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.sctp import SCTP, SCTPChunkInit
+
+    fam = _family(dst)
+    version = 6 if fam == socket.AF_INET6 else 4
+    tag = init_tag if init_tag is not None else secrets.randbits(32) or 1
+    sp = sport if sport is not None else 32768 + secrets.randbelow(28000)
+    l3 = IPv6(src=src_ip, dst=dst) if version == 6 else IP(src=src_ip, dst=dst)
+    pkt = l3 / SCTP(sport=sp, dport=dport, tag=0) / SCTPChunkInit(
+        init_tag=tag, a_rwnd=65535, n_out_streams=1, n_in_streams=1, init_tsn=1
+    )
+    socks: list[socket.socket] = []
+    sel = selectors.DefaultSelector()
+    try:
+        for cap_ns, ifname in captures:
+            with in_netns(cap_ns):
+                cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+            socks.append(cap)
+            cap.bind((ifname, 0))
+            cap.setblocking(False)
+            sel.register(cap, selectors.EVENT_READ, (cap_ns, ifname))
+        with in_netns(client_ns):
+            icmp = socket.socket(
+                fam, socket.SOCK_RAW, socket.IPPROTO_ICMPV6 if version == 6 else socket.IPPROTO_ICMP
+            )
+            socks.append(icmp)
+            raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        icmp.setblocking(False)
+        sel.register(icmp, selectors.EVENT_READ, None)
+        with raw:
+            raw.sendto(bytes(pkt), (dst, 0))
+        deadline = time.monotonic() + timeout
+        error: Optional[str] = None
+        while error is None and (left := deadline - time.monotonic()) > 0:
+            for key, _ in sorted(sel.select(left), key=lambda kv: kv[0].data is None):
+                if key.data is None:
+                    error = error or _drain_icmp(key.fileobj, version, sp, tag)  # type: ignore[arg-type]
+                    continue
+                found = _drain_capture(key.fileobj, tag)  # type: ignore[arg-type]
+                if found is not None:
+                    return SctpProbeResult("ok", found, key.data)
+        if error is not None:
+            # the INIT may have arrived just before the error it caused: look once more
+            for key in list(sel.get_map().values()):
+                if key.data is not None and (found := _drain_capture(key.fileobj, tag)) is not None:  # type: ignore[arg-type]
+                    return SctpProbeResult("ok", found, key.data)
+            return SctpProbeResult("refused", error=error)
+        return SctpProbeResult("timeout", error="timed out")
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+
+
+def _drain_capture(cap: socket.socket, tag: int) -> Optional[SctpSeen]:
+    """Read every queued frame of a capture socket; the INIT with ``tag`` if among them."""
+    while True:
+        try:
+            frame, addr = cap.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return None
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        seen = _sctp_frame_seen(frame, tag)
+        if seen is not None:
+            return seen
+
+
+def _drain_icmp(icmp: socket.socket, version: int, sport: int, tag: int) -> Optional[str]:
+    """Read every queued ICMP message; the first error about our INIT, if any."""
+    while True:
+        try:
+            data = icmp.recv(65535)
+        except (BlockingIOError, InterruptedError):
+            return None
+        error = _sctp_icmp_error(data, version, sport, tag)
+        if error is not None:
+            return error
+
+
 def parse_conntrack(text: str) -> list[dict[str, Any]]:
     """Parse ``conntrack -L`` lines into dicts.
 
@@ -801,9 +970,13 @@ def _remove_netns(name: str) -> bool:
 def _wait_oper_up(ipr: IPRoute, ifnames: Sequence[str], deadline: float) -> None:
     pending = set(ifnames)
     while pending:
-        for link in ipr.link("dump"):
-            if link.get("operstate") == "UP":
-                pending.discard(link.get("ifname"))
+        # One RTM_GETLINK per link rather than a dump: recent kernels then apply
+        # that link's pending link-watch event at once (a bridge's carrier is
+        # otherwise reported up to ~1 s late, and its IPv6 addresses stay unusable).
+        for name in sorted(pending):
+            links = ipr.link("get", ifname=name)
+            if links and links[0].get("operstate") == "UP":
+                pending.discard(name)
         if not pending:
             return
         if time.monotonic() > deadline:
@@ -1180,6 +1353,22 @@ class Lab:
         """:func:`sctp_probe` with lab names, e.g. ``capture=("pod1-1", "eth0")``."""
         cap_ns, ifname = capture
         return sctp_probe(self.ns(client_ns), src_ip, dst, dport, (self.ns(cap_ns), ifname), **kw)
+
+    def sctp_probe_any(
+        self,
+        client_ns: str,
+        src_ip: str,
+        dst: str,
+        dport: int,
+        captures: Sequence[tuple[str, str]],
+        **kw: Any,
+    ) -> SctpProbeResult:
+        """:func:`sctp_probe_any` with lab names; ``capture`` of the result uses lab names too."""
+        full = [(self.ns(cap_ns), ifname) for cap_ns, ifname in captures]
+        result = sctp_probe_any(self.ns(client_ns), src_ip, dst, dport, full, **kw)
+        if result.capture is not None:
+            result = SctpProbeResult(result.outcome, result.seen, captures[full.index(result.capture)], result.error)
+        return result
 
     def conntrack_entries(
         self, ns: str, proto: str = "sctp", *, family: Literal["ipv4", "ipv6"] = "ipv4"

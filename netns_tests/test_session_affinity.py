@@ -157,22 +157,24 @@ def test_affinity_expires_after_timeout(env):
     assert len(set(second.values())) > 1, f"fresh choices all went to one endpoint: {second}"
 
 
-def test_affinity_timeout_defaults_to_10800(bare_ns, tmp_path):
+@pytest.mark.parametrize("backend_family", BACKEND_FAMILIES, ids=backend_family_id)
+def test_affinity_timeout_defaults_to_10800(backend_family, bare_ns, tmp_path):
     """timeoutSeconds unset: the plan, the rendered rules and the rules the kernel holds all
     carry kube-proxy's default of 10800 s (3 h). Not a packet test."""
+    backend, family = backend_family
     cluster = load_cluster([str(_manifest(tmp_path))]).cluster
-    for backend, family in BACKEND_FAMILIES:
-        result = compile_rules(cluster, "node1", backend=backend, family=family)
-        timeouts = {p.name: p.affinity_timeout for p in result.plan.services}
-        assert timeouts == {"sticky": 2, "sticky-default": 10800}, (backend, family, timeouts)
-        apply_compiled(bare_ns, result)
-        kernel = read_back(bare_ns, backend, ipv6=family == "ipv6")
-        if backend == "iptables":
-            # one rcheck per endpoint in KUBE-SVC-…, one --set per endpoint chain
-            assert result.text.count("--rcheck --seconds 10800 --reap") == 4, result.text
-            assert kernel.count("--seconds 10800 --reap") == 4, kernel
-            assert kernel.count("--rcheck --seconds 2 --reap") == 4, kernel
-        else:
-            assert result.text.count("timeout 10800s") == 4, result.text
-            assert kernel.count("timeout 3h") == 4, kernel  # nft prints 10800 s as 3h
-            assert kernel.count("timeout 2s") == 4, kernel
+    result = compile_rules(cluster, "node1", backend=backend, family=family)
+    timeouts = {p.name: p.affinity_timeout for p in result.plan.services}
+    assert timeouts == {"sticky": 2, "sticky-default": 10800}, timeouts
+    apply_compiled(bare_ns, result)
+    kernel = read_back(bare_ns, backend, ipv6=family == "ipv6")
+    if backend == "iptables":
+        # one rcheck per endpoint in the service's KUBE-SVC-… chain
+        assert result.text.count("--rcheck --seconds 10800 --reap") == 4, result.text
+        assert kernel.count("--rcheck --seconds 10800 --reap") == 4, kernel
+        assert kernel.count("--rcheck --seconds 2 --reap") == 4, kernel
+    else:
+        # one affinity set per endpoint
+        assert result.text.count("timeout 10800s") == 4, result.text
+        assert kernel.count("timeout 3h") == 4, kernel  # nft prints 10800 s as 3h
+        assert kernel.count("timeout 2s") == 4, kernel

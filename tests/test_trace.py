@@ -529,6 +529,66 @@ def test_nft_command_form_intervals_ranges_and_marks() -> None:
     assert miss.verdict == "none"
 
 
+def _long_iptables(n: int) -> str:
+    chains = "".join(f":SEP{i} - [0:0]\n" for i in range(n))
+    jumps = "".join(f"-A SVC -m statistic --mode random --probability {1 / (n - i):.11f} -j SEP{i}\n"
+                    for i in range(n - 1)) + f"-A SVC -j SEP{n - 1}\n"
+    seps = "".join(f"-A SEP{i} -p tcp -m tcp -j DNAT --to-destination 10.{i // 250}.{i % 250}.1:80\n"
+                   for i in range(n))
+    return (f"*nat\n:SVC - [0:0]\n{chains}-A PREROUTING -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j SVC\n"
+            f"{jumps}{seps}COMMIT\n")
+
+
+def _long_nftables(n: int) -> str:
+    vips = ", ".join(f"10.96.{i // 250}.{i % 250 + 1}" for i in range(n))
+    vmap = ", ".join(f"{i} : goto ep{i}" for i in range(n))
+    eps = "".join(f"\tchain ep{i} {{\n\t\tdnat to 10.{i // 250}.{i % 250}.1:80\n\t}}\n" for i in range(n))
+    return (
+        "table ip t {\n"
+        f"\tset vips {{\n\t\ttype ipv4_addr\n\t\telements = {{ {vips} }}\n\t}}\n"
+        "\tchain pre {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        f"\t\tip daddr @vips tcp dport 80 numgen random mod {n} vmap {{ {vmap} }}\n\t}}\n"
+        f"{eps}}}\n"
+    )
+
+
+@pytest.mark.parametrize("backend,render", [("iptables", _long_iptables), ("nftables", _long_nftables)])
+def test_thousands_of_endpoints(backend: str, render) -> None:
+    """Long random-probability chains and big maps: no recursion limit, probabilities sum to 1."""
+    result = trace(render(1500), backend, Packet("8.8.8.8", "10.96.0.1", 80), local_ips=[])
+    assert result.verdict == "dnat" and len(result.endpoints) == 1500
+    assert sum(p for _, p in result.endpoints) == pytest.approx(1.0)
+    assert endpoints(result)["10.5.249.1:80"] == pytest.approx(1 / 1500, rel=1e-6)
+
+
+NFT_EDITS = """\
+table ip t {
+\tset s {
+\t\ttype ipv4_addr . inet_service
+\t\telements = { 10.0.0.1 . 80, 10.0.0.2 . 80 }
+\t}
+\tchain c {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tip daddr . tcp dport @s accept
+\t\tdrop
+\t}
+}
+delete element ip t s { 10.0.0.2 . 80 }
+flush chain ip t c
+add rule ip t c ip daddr . tcp dport @s accept
+insert rule ip t c ip saddr 192.0.2.0/24 drop
+"""
+
+
+def test_nft_edits_and_policy() -> None:
+    def verdict(src: str, dst: str) -> str:
+        return trace(NFT_EDITS, "nftables", Packet(src, dst, 80), local_ips=[dst]).verdict
+
+    assert verdict("8.8.8.8", "10.0.0.1") == "accept"
+    assert verdict("8.8.8.8", "10.0.0.2") == "drop"  # element deleted: falls to the chain policy
+    assert verdict("192.0.2.7", "10.0.0.1") == "drop"  # the inserted rule comes first
+
+
 @pytest.mark.parametrize("backend,text,where", [
     ("iptables", "*nat\n:KUBE-X - [0:0]\n-A KUBE-X -m frobnicate -j ACCEPT\nCOMMIT\n", "line 3: unsupported match"),
     ("iptables", "*nat\n-A KUBE-X -j ACCEPT\nCOMMIT\n", "line 2: no chain 'KUBE-X'"),

@@ -58,6 +58,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58}
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _VERDICT_ORDER: tuple[Verdict, ...] = ("dnat", "drop", "reject", "accept", "none")
+MAX_LABELS = 4  # branches named on a line shared by several identical branches
 
 
 class TraceError(DataplaneError):
@@ -359,7 +360,9 @@ class _Walk:
             out += self._run_base(chain, flow, sub)
             shown.setdefault(tuple(sub.lines), []).append(flow)
         for lines, group in shown.items():
-            branches = "; ".join(f.label() for f in group)
+            branches = "; ".join(f.label() for f in group[:MAX_LABELS])
+            if len(group) > MAX_LABELS:
+                branches = f"{len(group)} branches: {branches}; …"
             self.log(chain.label + (f"  [branch {branches}]" if len(flows) > 1 else ""))
             self.log.lines += lines
         return out
@@ -375,12 +378,12 @@ class _Walk:
             out.append(f)
         return out
 
-    def route(self, flows: list[Flow], elsewhere: str) -> tuple[list[Flow], list[Flow]]:
+    def route(self, flows: list[Flow], here: str, elsewhere: str) -> tuple[list[Flow], list[Flow]]:
         """Split live flows into (local destination, elsewhere), logging the routing decision."""
         live = [f for f in flows if not f.verdict]
         local = [f for f in live if self.ctx.is_local(f.dst)]
         remote = [f for f in live if not self.ctx.is_local(f.dst)]
-        for group, what, hook in ((local, "local", "input"), (remote, "not local", elsewhere)):
+        for group, what, hook in ((local, "local", here), (remote, "not local", elsewhere)):
             if group:
                 addresses = ", ".join(dict.fromkeys(str(f.dst) for f in group))
                 self.log(f"routing: {addresses} {'is' if ',' not in addresses else 'are'} {what} -> {hook}")
@@ -393,7 +396,7 @@ def _walk_from_elsewhere(walk: _Walk, flow: Flow) -> list[Flow]:
     with walk.log.indent():
         flows = walk.hook("prerouting", [flow])
     done = [f for f in flows if f.verdict]
-    local, remote = walk.route(flows, "forward")
+    local, remote = walk.route(flows, "input", "forward")
     if local:
         walk.log("hook input")
         with walk.log.indent():
@@ -423,7 +426,7 @@ def _walk_from_node(walk: _Walk, flow: Flow) -> list[Flow]:
         with walk.log.indent():
             live = walk.hook("postrouting", live)
         done += [f for f in live if f.verdict]
-        local, remote = walk.route(live, "sent out")
+        local, remote = walk.route(live, "loopback", "sent out")
         done += remote
         if local:
             looped = [replace(f, iif="lo") for f in local]

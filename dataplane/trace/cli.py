@@ -134,3 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataplaneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -14,7 +14,7 @@ chains (``-j`` and ``-g``). Anything else is a TraceError naming the line.
 """
 from __future__ import annotations
 
-import shlex
+import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
@@ -358,6 +358,20 @@ def _value_mask(value: str, error: Callable[[str], TraceError]) -> tuple[int, in
         raise error(f"invalid mark {value!r}") from None
 
 
+_WORD = re.compile(r'"((?:\\.|[^"\\])*)"|([^\s"]+)|(")')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def split_words(line: str, number: int) -> list[str]:
+    """Split a line the way iptables-restore does: whitespace, double quotes, backslash escapes."""
+    words = []
+    for quoted, plain, stray in _WORD.findall(line):
+        if stray:
+            raise _fail(number, "unbalanced quote", line)
+        words.append(_ESCAPE.sub(r"\1", quoted) if not plain else plain)
+    return words
+
+
 class _FileParser:
     """Builds the tables from the lines of an ``iptables-restore`` file."""
 
@@ -409,10 +423,7 @@ class _FileParser:
 
     def command(self, number: int, line: str) -> None:
         assert self.table is not None
-        try:
-            words = shlex.split(line)
-        except ValueError as e:
-            raise _fail(number, f"cannot split the line ({e})", line) from None
+        words = split_words(line, number)
         verb, args = words[0], words[1:]
         chains = self.table.chains
         if verb in ("-A", "--append", "-I", "--insert"):
@@ -496,36 +507,41 @@ class _Runner:
         return self._from(chain, 0, flow, log, stack + (chain,))
 
     def _from(self, chain: str, start: int, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
+        """Run ``chain`` from rule ``start``. Branches (random matches, subchains that return) wait
+        in a work list, so a long run of probability rules needs no recursion."""
         rules = self.table.chains.get(chain, [])
-        for index in range(start, len(rules)):
+        results: list[Outcome] = []
+        pending: list[tuple[int, Flow]] = [(start, flow)]
+        while pending:
+            index, flow = pending.pop()
+            index = self._first_match(rules, index, flow, log)
+            if index == len(rules):
+                results.append((flow, Ctl.END))
+                continue
             rule = rules[index]
-            if not all(c.holds(flow, self.ctx) for c in rule.conds):
-                continue
-            if rule.recent is not None and not self._recent(rule, flow, log):
-                continue
-            outcomes: list[Outcome] = []
-            if rule.probability is not None:
-                taken, missed = rule.probability * flow.prob, (1.0 - rule.probability) * flow.prob
-                log(f"[{rule.line}] {rule.text}")
-                with log.indent():
-                    log(f"random: taken with p={rule.probability:.4f} (branch p={taken:.4f})")
-                    outcomes += self._target(rule, replace(flow, prob=taken), log, stack)
-                    log(f"random: not taken (branch p={missed:.4f}), next rule")
-                results = self._continue(chain, index, outcomes, log, stack)
-                return results + self._from(chain, index + 1, replace(flow, prob=missed), log, stack)
             log(f"[{rule.line}] {rule.text}")
             with log.indent():
-                outcomes = self._target(rule, flow, log, stack)
-            return self._continue(chain, index, outcomes, log, stack)
-        return [(flow, Ctl.END)]
-
-    def _continue(self, chain: str, index: int, outcomes: list[Outcome], log: Log,
-                  stack: tuple[str, ...]) -> list[Outcome]:
-        """Carry every NEXT outcome on with the rule after ``index``."""
-        results: list[Outcome] = []
-        for f, ctl in outcomes:
-            results += self._from(chain, index + 1, f, log, stack) if ctl is Ctl.NEXT else [(f, ctl)]
+                if rule.probability is None:
+                    outcomes = self._target(rule, flow, log, stack)
+                else:
+                    taken, missed = rule.probability * flow.prob, (1.0 - rule.probability) * flow.prob
+                    log(f"random: taken with p={rule.probability:.4f} (branch p={taken:.4f})")
+                    outcomes = self._target(rule, replace(flow, prob=taken), log, stack)
+                    log(f"random: not taken (branch p={missed:.4f}), next rule")
+                    pending.append((index + 1, replace(flow, prob=missed)))
+            results += [(f, ctl) for f, ctl in outcomes if ctl is not Ctl.NEXT]
+            pending += [(index + 1, f) for f, ctl in reversed(outcomes) if ctl is Ctl.NEXT]
         return results
+
+    def _first_match(self, rules: list[Rule], index: int, flow: Flow, log: Log) -> int:
+        """Index of the first rule from ``index`` whose matches hold (``len(rules)`` if none)."""
+        while index < len(rules):
+            rule = rules[index]
+            if all(c.holds(flow, self.ctx) for c in rule.conds) and (
+                    rule.recent is None or self._recent(rule, flow, log)):
+                return index
+            index += 1
+        return index
 
     def _recent(self, rule: Rule, flow: Flow, log: Log) -> bool:
         """``-m recent`` for a first packet: lists are empty, so checks miss and --set matches."""

@@ -18,6 +18,8 @@ Anything else is a TraceError naming the line.
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Union
 
@@ -32,6 +34,7 @@ from . import (
     TraceError,
     addr_types,
     address_matches,
+    address_spec,
     endpoint_text,
     is_address_spec,
     parse_nat_target,
@@ -63,45 +66,40 @@ class Tok:
         return not self.quoted and self.text in words
 
 
-_SINGLE = "{};,"
+_TOKEN = re.compile(r"""
+    (?P<nl>\n)
+  | (?P<space>[ \t\r]+ | \\\n)
+  | (?P<comment>\#[^\n]*)
+  | "(?P<string>[^"\n]*)"
+  | (?P<single>[{};,])
+  | (?P<word>[^ \t\r\n"\#{};,]+)
+  | (?P<bad>")
+""", re.VERBOSE)
 
 
 def tokenize(text: str) -> list[Tok]:
     """Split an nft script into tokens; ``#`` comments are dropped, newlines kept."""
     toks: list[Tok] = []
-    line, i, n = 1, 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\n":
+    line = 1
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "nl":
             toks.append(Tok("\n", line))
             line += 1
-            i += 1
-        elif c in " \t\r":
-            i += 1
-        elif c == "\\" and text.startswith("\\\n", i):
-            line += 1
-            i += 2
-        elif c == "#":
-            while i < n and text[i] != "\n":
-                i += 1
-        elif c == '"':
-            end = text.find('"', i + 1)
-            if end < 0 or "\n" in text[i:end]:
-                raise TraceError(f"line {line}: unterminated string")
-            toks.append(Tok(text[i + 1:end], line, quoted=True))
-            i = end + 1
-        elif c in _SINGLE:
-            toks.append(Tok(c, line))
-            i += 1
-        else:
-            start = i
-            while i < n and text[i] not in ' \t\r\n"#' + _SINGLE:
-                i += 1
-            word = text[start:i]
+        elif kind == "space":
+            line += m.group().count("\n")
+        elif kind == "string":
+            toks.append(Tok(m.group("string"), line, quoted=True))
+        elif kind == "single":
+            toks.append(Tok(m.group(), line))
+        elif kind == "word":
+            word = m.group()
             if word.endswith(":") and word[:-1].isdigit():  # "0:" in a map literal
                 toks += [Tok(word[:-1], line), Tok(":", line)]
             else:
                 toks.append(Tok(word, line))
+        elif kind == "bad":
+            raise TraceError(f"line {line}: unterminated string")
     return toks
 
 
@@ -209,10 +207,29 @@ class NftSet:
     line: int
     flags: set[str] = field(default_factory=set)
     elements: list[Element] = field(default_factory=list)
+    # per selector kinds: (exact key -> position of its first element, positions of the others)
+    _index: dict[tuple[str, ...], tuple[dict[tuple[object, ...], int], list[int]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @property
     def dynamic(self) -> bool:
         return bool(self.flags & {"dynamic", "timeout"})
+
+    def find(self, sels: tuple["Selector", ...], values: tuple[object, ...]) -> Optional[Element]:
+        """The first element whose key matches the packet's values (exact keys through an index)."""
+        kinds = tuple(sel.kind for sel in sels)
+        if kinds not in self._index:
+            self._index[kinds] = _build_index(sels, self.elements)
+        exact, others = self._index[kinds]
+        wanted = tuple(_exact_value(sel, value) for sel, value in zip(sels, values))
+        best = exact.get(wanted) if None not in wanted else None
+        for position in others:
+            if best is not None and position > best:
+                break
+            if key_matches(sels, values, self.elements[position].key):
+                best = position
+                break
+        return None if best is None else self.elements[best]
 
 
 @dataclass
@@ -967,6 +984,56 @@ def _port(text: str) -> int:
     raise TraceError(f"unknown port or service name {text!r}")
 
 
+def _exact_literal(sel: Selector, literal: str) -> Optional[object]:
+    """A hashable form of a literal that matches exactly one value, or None (CIDR, range, wildcard…)."""
+    kind = sel.kind
+    try:
+        if kind in ("saddr", "daddr"):
+            version, lo, hi = address_spec(literal)
+            return (version, lo) if lo == hi and "-" not in literal else None
+        if kind == "l4proto":
+            return PROTO_NUMBERS.get(literal, int(literal) if literal.isdigit() else None)
+        if kind == "dport":
+            return None if "-" in literal else _port(literal)
+        if kind == "mark":
+            return int(literal, 0)
+    except (ValueError, TraceError):
+        return None
+    return None
+
+
+def _exact_value(sel: Selector, value: object) -> Optional[object]:
+    """The packet's value in the form :func:`_exact_literal` gives (None when not indexable)."""
+    kind = sel.kind
+    if kind in ("saddr", "daddr"):
+        assert isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+        return (value.version, int(value))
+    if kind == "l4proto":
+        return PROTO_NUMBERS.get(str(value))
+    if kind in ("dport", "mark"):
+        return value
+    return None
+
+
+def _build_index(sels: tuple[Selector, ...], elements: list[Element]) -> tuple[dict[tuple[object, ...], int], list[int]]:
+    exact: dict[tuple[object, ...], int] = {}
+    others: list[int] = []
+    for position, element in enumerate(elements):
+        key = tuple(_exact_literal(sel, k) for sel, k in zip(sels, element.key))
+        if len(element.key) == len(sels) and None not in key:
+            exact.setdefault(key, position)
+        else:
+            others.append(position)
+    return exact, others
+
+
+def _numgen_share(key: tuple[str, ...], modulus: int) -> int:
+    """How many of the values 0..modulus-1 a numgen map key (``N`` or ``A-B``) covers."""
+    lo, _, hi = key[0].partition("-")
+    first, last = max(_port(lo), 0), min(_port(hi or lo), modulus - 1)
+    return max(0, last - first + 1)
+
+
 def key_matches(sels: tuple[Selector, ...], values: tuple[Value, ...], key: tuple[str, ...]) -> bool:
     """Whether a concatenated key matches the packet's values component by component."""
     return len(key) == len(sels) and all(literal_matches(s, v, k) for s, v, k in zip(sels, values, key))
@@ -1048,16 +1115,23 @@ class _Runner:
         return self._from(self.table.chains[name], 0, flow, log, stack + (name,))
 
     def _from(self, chain: NftChain, start: int, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
-        for index in range(start, len(chain.rules)):
-            outcomes = self._rule(chain.rules[index], flow, log, stack)
-            if len(outcomes) == 1 and outcomes[0][1] is Ctl.NEXT:
-                flow = outcomes[0][0]
-                continue
-            results: list[Outcome] = []
-            for f, ctl in outcomes:
-                results += self._from(chain, index + 1, f, log, stack) if ctl is Ctl.NEXT else [(f, ctl)]
-            return results
-        return [(flow, Ctl.END)]
+        """Run ``chain`` from rule ``start``; branches that go on with the next rule wait in a work list."""
+        results: list[Outcome] = []
+        pending: list[tuple[int, Flow]] = [(start, flow)]
+        while pending:
+            index, flow = pending.pop()
+            while index < len(chain.rules):
+                outcomes = self._rule(chain.rules[index], flow, log, stack)
+                index += 1
+                if len(outcomes) == 1 and outcomes[0][1] is Ctl.NEXT:
+                    flow = outcomes[0][0]
+                    continue
+                results += [(f, ctl) for f, ctl in outcomes if ctl is not Ctl.NEXT]
+                pending += [(index, f) for f, ctl in reversed(outcomes) if ctl is Ctl.NEXT]
+                break
+            else:
+                results.append((flow, Ctl.END))
+        return results
 
     def _rule(self, rule: Rule, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
         """Evaluate one rule left to right: matches may stop it, statements act, a verdict decides."""
@@ -1106,7 +1180,7 @@ class _Runner:
         if any(v is None for v in values):
             return False
         nft_set = self.table.sets[e.set_name]
-        hit = any(key_matches(e.sels, values, el.key) for el in nft_set.elements)
+        hit = nft_set.find(e.sels, values) is not None
         if not hit and nft_set.dynamic and not e.negate:
             target = next((x for x in rule.exprs if isinstance(x, Verdict) and x.chain), None)
             if target is not None:
@@ -1136,7 +1210,10 @@ class _Runner:
         values = tuple(read(s, flow, self.ctx) for s in e.sels)
         if any(v is None for v in values):
             return [(flow, Ctl.NEXT)]
-        element = next((el for el in elements if key_matches(e.sels, values, el.key)), None)
+        if e.map_name:
+            element = self.table.sets[e.map_name].find(e.sels, values)
+        else:
+            element = next((el for el in elements if key_matches(e.sels, values, el.key)), None)
         if element is None or element.verdict is None:
             return [(flow, Ctl.NEXT)]
         show()
@@ -1148,12 +1225,11 @@ class _Runner:
     def _numgen(self, modulus: int, elements: list[Element], rule: Rule, flow: Flow, log: Log,
                 stack: tuple[str, ...], show: Callable[[], None]) -> list[Outcome]:
         show()
-        numgen = Selector(kind="numgen", text="numgen")
         results: list[Outcome] = []
         covered = 0
         with log.indent():
             for element in elements:
-                count = sum(1 for n in range(modulus) if key_matches((numgen,), (n,), element.key))
+                count = _numgen_share(element.key, modulus)
                 if not count or element.verdict is None:
                     continue
                 covered += count
