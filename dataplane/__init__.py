@@ -31,12 +31,15 @@ from .model import (
 )
 from .parse import ParseResult, load_cluster, parse_cluster
 from .plan import NodePlan, PlanEndpoint, ServicePortPlan, build_plan
+from .proxier import NetnsRunner, Proxier, RecordingRunner, SyncResult
+from .trace import Packet, TraceResult, trace
 
 __all__ = [
     "ApplyError", "Cluster", "CompileResult", "DataplaneError", "Endpoint", "EndpointConditions",
     "EndpointPort", "EndpointSlice", "InputError", "LoadBalancerIngress", "Node", "NodeAddress",
     "NodePlan", "ParseResult", "PlanEndpoint", "Pod", "Problem", "ProxyConfig", "Service",
     "ServicePort", "ServicePortPlan", "UsageError", "apply_compiled", "build_plan", "compile_rules",
-    "load_cluster", "parse_cluster", "render",
+    "load_cluster", "parse_cluster", "render", "Proxier", "NetnsRunner", "RecordingRunner", "SyncResult",
+    "Packet", "TraceResult", "trace",
 ]
 __version__ = "0.1.0"
