@@ -33,6 +33,9 @@ EXAMPLES = {
   dataplane apply -f updated.yaml --node node-a --netns demo     # sends only what changed""",
     "cleanup": """examples:
   dataplane cleanup --netns demo""",
+    "completion": """examples:
+  source <(dataplane completion bash)
+  dataplane completion zsh > ~/.zfunc/_dataplane     # with fpath+=(~/.zfunc) in ~/.zshrc""",
 }
 
 
@@ -124,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .trace.cli import add_command as add_trace_command
 
     add_trace_command(sub)
+    from .labctl import add_commands as add_lab_commands
+    from .verify import add_commands as add_verify_commands
+
+    add_lab_commands(sub)
+    add_verify_commands(sub)
+
+    p = sub.add_parser("completion", help="print a shell completion script",
+                       description="Print a completion script for bash, zsh or tcsh (generated from this parser, "
+                                   "so it always knows every command and option).",
+                       epilog=EXAMPLES["completion"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
+    p.set_defaults(func=cmd_completion)
     return parser
 
 
@@ -180,6 +195,13 @@ def _write_output(text: str, path: Optional[str]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -23,6 +23,11 @@ Family = Literal["IPv4", "IPv6"]
 # Four dot-separated runs of ASCII digits; each run may have leading zeros.
 _SLOPPY_IPV4 = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 _DIGITS = re.compile(r"[0-9]+")
+# A dotted quad that is already canonical: four decimal octets 0..255 without
+# leading zeros. Such text is its own canonical form, so the common case needs
+# no ipaddress objects at all (``is_canonical_ipv4(text)`` is truthy for it).
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+is_canonical_ipv4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}").fullmatch
 _LINK_LOCAL_MULTICAST_V4 = ipaddress.IPv4Network("224.0.0.0/24")
 
 
@@ -100,6 +105,8 @@ def parse_cidr(text: str) -> IPNetwork:
 
 def canonical_ip(text: str) -> str:
     """Canonical text of an IP literal (``172.30.0.041`` -> ``172.30.0.41``); ValueError if invalid."""
+    if type(text) is str and is_canonical_ipv4(text):
+        return text
     return str(parse_ip(text))
 
 
@@ -110,6 +117,8 @@ def canonical_cidr(text: str) -> str:
 
 def ip_family(text: str) -> Family:
     """``"IPv4"`` or ``"IPv6"`` for an IP literal; ValueError if it is not one."""
+    if type(text) is str and is_canonical_ipv4(text):
+        return "IPv4"
     return "IPv4" if parse_ip(text).version == 4 else "IPv6"
 
 
@@ -128,6 +137,8 @@ def is_ipv6(text: str) -> bool:
 
 def is_ip(text: str) -> bool:
     """True if ``text`` is a valid IP literal in Kubernetes' sloppy syntax."""
+    if type(text) is str and is_canonical_ipv4(text):
+        return True
     try:
         parse_ip(text)
     except ValueError:

@@ -226,6 +226,15 @@ class Topology:
             )
         return cls(nodes=tuple(ns_), pods=tuple(ps), clients=tuple(cs))
 
+    @classmethod
+    def from_cluster(cls, cluster: Any, families: Sequence[str] = ("ipv4",)) -> "Topology":
+        """The topology of a lab built from a :class:`~dataplane.model.Cluster`: its Nodes on
+        their InternalIPs, its endpoint Pods, a probe pod per node and two clients (see
+        :func:`dataplane.labctl.derive_layout`, which also says what each member is)."""
+        from dataplane.labctl import derive_layout
+
+        return derive_layout(cluster, families).topology  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ lookups
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -597,7 +606,7 @@ def _tcp_connect(s: socket.socket, addr: tuple[str, int], deadline: float) -> No
 
 def _probe(
     kind: int, ns: str, dst: str, port: int, timeout: float, src: Optional[str], sport: Optional[int],
-    payload: bytes,
+    payload: bytes, mark: Optional[int] = None,
 ) -> ProbeResult:
     fam = _family(dst)
     with in_netns(ns):
@@ -608,6 +617,8 @@ def _probe(
     with s:
         try:
             s.settimeout(timeout)
+            if mark is not None:  # for policy routing (``ip rule fwmark``) in the sending namespace
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             if src is not None or sport is not None:
                 s.bind((src or ("::" if fam == socket.AF_INET6 else "0.0.0.0"), sport or 0))
             if kind == socket.SOCK_STREAM:
@@ -650,26 +661,28 @@ def _probe(
 
 def tcp_probe(
     ns: str, dst: str, port: int, timeout: float = 1.0, *, src: Optional[str] = None,
-    sport: Optional[int] = None,
+    sport: Optional[int] = None, mark: Optional[int] = None,
 ) -> ProbeResult:
     """Connect from namespace ``ns`` to ``dst:port`` and read a :class:`Server` reply.
 
     ``refused`` means ECONNREFUSED (a RST, or ICMP port-unreachable from a REJECT
     rule); ``timeout`` that nothing answered within ``timeout`` seconds in total.
+    ``mark``: the socket's ``SO_MARK`` (to pick a route with ``ip rule fwmark``).
     """
-    return _probe(socket.SOCK_STREAM, ns, dst, port, timeout, src, sport, b"")
+    return _probe(socket.SOCK_STREAM, ns, dst, port, timeout, src, sport, b"", mark)
 
 
 def udp_probe(
     ns: str, dst: str, port: int, timeout: float = 1.0, *, src: Optional[str] = None,
-    sport: Optional[int] = None, payload: bytes = b"probe",
+    sport: Optional[int] = None, payload: bytes = b"probe", mark: Optional[int] = None,
 ) -> ProbeResult:
     """Send one datagram from a *connected* UDP socket in ``ns`` and read the reply.
 
     A connected socket only accepts replies from ``dst:port``, so ``ok`` also
     proves the reply was un-NATed; ICMP port-unreachable gives ``refused``.
+    ``mark``: the socket's ``SO_MARK`` (to pick a route with ``ip rule fwmark``).
     """
-    return _probe(socket.SOCK_DGRAM, ns, dst, port, timeout, src, sport, payload)
+    return _probe(socket.SOCK_DGRAM, ns, dst, port, timeout, src, sport, payload, mark)
 
 
 def sctp_probe(
@@ -737,7 +750,8 @@ class SctpProbeResult:
     ``ok``: the INIT arrived at ``capture`` (a ``(namespace, ifname)`` pair) as
     ``seen``; ``refused``: no capture saw it and an ICMP error quoting it came
     back to the sender (``error`` names it, e.g. a REJECT's port unreachable);
-    ``timeout``: neither happened.
+    ``error``: sending failed (``EPERM``: a rule of the sending namespace dropped
+    it) and no ICMP error came; ``timeout``: none of these happened.
     """
 
     outcome: Outcome
@@ -807,6 +821,7 @@ def sctp_probe_any(
     sport: Optional[int] = None,
     init_tag: Optional[int] = None,
     timeout: float = 1.0,
+    mark: Optional[int] = None,
 ) -> SctpProbeResult:
     """Like :func:`sctp_probe`, but watching several interfaces at once and the sender's ICMP errors.
 
@@ -814,7 +829,7 @@ def sctp_probe_any(
     load-balanced VIP can be probed without knowing which endpoint it picks); a
     raw ICMP socket in ``client_ns`` catches errors quoting the INIT (a REJECT).
     An arrival wins over an error (a pod without SCTP support answers the INIT
-    with an ICMP error of its own).
+    with an ICMP error of its own). ``mark``: the sending socket's ``SO_MARK``.
     """
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
@@ -844,10 +859,17 @@ def sctp_probe_any(
             )
             socks.append(icmp)
             raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            socks.append(raw)
+        if mark is not None:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         icmp.setblocking(False)
         sel.register(icmp, selectors.EVENT_READ, None)
+        send_error: Optional[str] = None
         with raw:
-            raw.sendto(bytes(pkt), (dst, 0))
+            try:
+                raw.sendto(bytes(pkt), (dst, 0))
+            except PermissionError as e:  # dropped (or rejected) by an OUTPUT rule of client_ns itself
+                send_error = e.strerror
         deadline = time.monotonic() + timeout
         error: Optional[str] = None
         while error is None and (left := deadline - time.monotonic()) > 0:
@@ -864,6 +886,8 @@ def sctp_probe_any(
                 if key.data is not None and (found := _drain_capture(key.fileobj, tag)) is not None:  # type: ignore[arg-type]
                     return SctpProbeResult("ok", found, key.data)
             return SctpProbeResult("refused", error=error)
+        if send_error is not None:
+            return SctpProbeResult("error", error=send_error)
         return SctpProbeResult("timeout", error="timed out")
     finally:
         sel.close()

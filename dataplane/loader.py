@@ -13,12 +13,18 @@ every problem is reported at once.
 """
 from __future__ import annotations
 
+import gc
 import json
+import operator
+import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, TextIO
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from .errors import InputError, Problem
 
@@ -40,6 +46,36 @@ class _ParseFailure(Exception):
     """A file's text is not valid YAML/JSON; the message says where and why."""
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Suspend the cyclic garbage collector for the body (nesting is fine).
+
+    Reading and validating a large cluster allocates millions of container
+    objects (decoded JSON/YAML, then the model), none of them in reference
+    cycles. Each allocation burst would otherwise trigger collections that
+    walk the whole, growing heap again and again: about half the time of
+    loading and of parsing. Garbage is still freed by reference counting; the
+    collector resumes afterwards.
+
+    On the way out, what the body allocated is moved straight to the oldest
+    generation (``gc.freeze()`` then ``gc.unfreeze()``: no traversal), so
+    resuming does not start with a young collection that walks all of it;
+    cyclic garbage is still found by the next full collection. Skipped if the
+    application has frozen objects of its own.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        gc.enable()
+
+
 # ------------------------------------------------------------------- reading
 
 
@@ -55,6 +91,11 @@ def read_documents(
     paths: Sequence[str], stdin: Optional[TextIO] = None
 ) -> tuple[list[Document], list[Problem]]:
     """Like :func:`load_documents` but return the problems instead of raising them."""
+    with gc_paused():
+        return _read_documents(paths, stdin)
+
+
+def _read_documents(paths: Sequence[str], stdin: Optional[TextIO]) -> tuple[list[Document], list[Problem]]:
     documents: list[Document] = []
     problems: list[Problem] = []
     stdin_used = False
@@ -165,7 +206,7 @@ def _parse_json_stream(text: str) -> list[Any]:
 def _parse_yaml_stream(text: str) -> list[Any]:
     """Parse multi-document YAML with the (C) safe loader."""
     try:
-        return list(yaml.load_all(text, Loader=_YAML_LOADER))
+        return _load_yaml_all(text)
     except yaml.MarkedYAMLError as err:
         raise _ParseFailure(_yaml_error_text(err)) from None
     except yaml.YAMLError as err:
@@ -176,6 +217,377 @@ def _parse_yaml_stream(text: str) -> list[Any]:
     except (ValueError, TypeError, OverflowError) as err:
         # PyYAML's constructors raise these for scalars such as the date 2024-13-45.
         raise _ParseFailure(f"cannot parse YAML: invalid value: {_value_error_text(err)}") from None
+
+
+class _FastYAMLLoader(_YAML_LOADER):  # type: ignore[misc, valid-type]
+    """The safe loader, with the per-node Python work of composing made cheap.
+
+    Tag resolution is memoised per distinct scalar (a cluster repeats the same
+    keys and values endlessly), and the path-resolver hooks become no-ops; both
+    only when no path resolver is registered, as is the default.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        if not self.yaml_path_resolvers:
+            self.resolve = lru_cache(maxsize=None)(self._resolve_fast)  # type: ignore[method-assign]
+            self.descend_resolver = operator.is_  # type: ignore[method-assign]  # (parent, index) -> ignored
+            self.ascend_resolver = tuple  # type: ignore[method-assign]  # () -> ignored
+            table = self.yaml_implicit_resolvers
+            wildcard = table.get(None, [])
+            self._implicit = {first: resolvers + wildcard for first, resolvers in table.items() if first is not None}
+            self._implicit_wildcard = wildcard
+
+    def close(self) -> None:
+        """Dispose of the parser and drop the memo (a cycle through self)."""
+        self.dispose()
+        self.__dict__.pop("resolve", None)
+
+    def _resolve_fast(self, kind: type, value: Any, implicit: tuple) -> str:
+        """``BaseResolver.resolve`` without path resolvers."""
+        if kind is ScalarNode and implicit[0]:
+            for tag, regexp in self._implicit.get(value[:1], self._implicit_wildcard):
+                if regexp.match(value):
+                    return tag
+        if kind is ScalarNode:
+            return self.DEFAULT_SCALAR_TAG
+        if kind is SequenceNode:
+            return self.DEFAULT_SEQUENCE_TAG
+        return self.DEFAULT_MAPPING_TAG
+
+
+_TAG_STR = "tag:yaml.org,2002:str"
+_TAG_MAP = "tag:yaml.org,2002:map"
+_TAG_SEQ = "tag:yaml.org,2002:seq"
+_TAG_NULL = "tag:yaml.org,2002:null"
+_MERGE_KEY_TAGS = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+
+
+class _NotPlain(Exception):
+    """A document needs the full constructor (merge keys, timestamps, other tags, an error)."""
+
+
+# ------------------------------------------------------ plain block YAML, fast
+# ``kubectl get -o yaml`` (and PyYAML's own dump) writes a small subset of YAML:
+# block mappings and sequences, one scalar per line, plain or quoted on one
+# line, ``{}``/``[]`` for empty collections. _parse_simple_yaml reads exactly
+# that subset, builds what PyYAML's safe loader would (plain scalars are
+# resolved with PyYAML's own resolvers and constructors), and gives up (None)
+# on anything else: comments, anchors, tags, flow collections, multi-line or
+# escaped scalars, merge keys, timestamps, non-ASCII text, odd indentation,
+# errors. A None sends the text through PyYAML as before.
+
+_NOT_SIMPLE_TEXT = re.compile(r"[^\n\x20-\x7e]").search  # only printable ASCII and newlines
+_PLAIN_INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
+_SEQ, _MAP, _SCALAR, _DOC = range(4)
+_NO_VALUE = object()  # "key:" with nothing after it on the line
+_EMPTY_MAP = object()
+_EMPTY_SEQ = object()
+
+
+class _NotSimple(Exception):
+    pass
+
+
+def _parse_simple_yaml(text: str) -> Optional[list[Any]]:
+    """The documents of ``text`` if it is plain block YAML (see above), else None."""
+    if _NOT_SIMPLE_TEXT(text):
+        return None
+    try:
+        return _simple_documents(_simple_tokens(text))
+    except (_NotSimple, RecursionError):
+        return None
+
+
+def _simple_scalars() -> Callable[[str], Any]:
+    """One-line scalar text (after ``key: `` or ``- ``, or a key) -> value, as PyYAML builds it.
+
+    Raises _NotSimple for what the fast reader leaves to PyYAML. Plain scalars
+    are resolved with PyYAML's own implicit resolvers and safe constructors.
+    """
+    table = _YAML_LOADER.yaml_implicit_resolvers
+    wildcard = table.get(None, [])
+    implicit = {first: resolvers + wildcard for first, resolvers in table.items() if first is not None}
+    constructor = yaml.constructor.SafeConstructor()
+
+    def scalar(text: str) -> Any:
+        first = text[0]
+        if first == "'":
+            inner = text[1:-1]
+            if len(text) < 2 or text[-1] != "'" or "'" in inner.replace("''", ""):
+                raise _NotSimple(text)
+            return inner.replace("''", "'")
+        if first == '"':
+            inner = text[1:-1]
+            if len(text) < 2 or text[-1] != '"' or '"' in inner or "\\" in inner:
+                raise _NotSimple(text)
+            return inner
+        if text == "{}":
+            return _EMPTY_MAP
+        if text == "[]":
+            return _EMPTY_SEQ
+        if (
+            (first in _PLAIN_INDICATORS and not (first == "-" and text[1:2].isdigit()))
+            or ": " in text or " #" in text or text[-1] == ":"
+        ):
+            raise _NotSimple(text)
+        for tag, regexp in implicit.get(first, wildcard):
+            if regexp.match(text):
+                break
+        else:
+            return text  # a str
+        build = _SCALAR_CONSTRUCTORS.get(tag)
+        if build is None:  # timestamp, merge key, value key: leave them to PyYAML
+            raise _NotSimple(tag)
+        return build(constructor, ScalarNode(tag, text))
+
+    return scalar
+
+
+def _simple_tokens(text: str) -> list[tuple]:
+    """One token per document start, ``- `` and ``key:``/scalar, with its column."""
+    uncached = _simple_scalars()
+    cache: dict[str, Any] = {}  # scalar text -> value: keys and many values repeat endlessly
+    miss = cache  # a sentinel no value can be
+
+    def scalar(text: str) -> Any:
+        value = cache[text] = uncached(text)
+        return value
+
+    tokens: list[tuple] = []
+    append = tokens.append
+    for line in text.split("\n"):
+        stripped = line.lstrip(" ")
+        if not stripped:
+            continue
+        col = len(line) - len(stripped)
+        if col == 0 and stripped[:3] in ("---", "..."):
+            if stripped != "---":
+                raise _NotSimple(line)
+            append((_DOC, 0))
+            continue
+        after_dash = False
+        while stripped[0] == "-" and (stripped[1:2] == " " or len(stripped) == 1):
+            rest = stripped[1:].lstrip(" ")
+            if not rest:
+                raise _NotSimple(line)  # "-" alone: the item is on the next lines
+            append((_SEQ, col))
+            col += len(stripped) - len(rest)
+            stripped = rest
+            after_dash = True
+        if stripped[-1] == " ":
+            stripped = stripped.rstrip(" ")
+        first = stripped[0]
+        if first == "#":
+            raise _NotSimple(line)
+        if first == "'" or first == '"':
+            end = stripped.find(first + ":", 1)
+            if end < 0 or stripped[end + 2:end + 3] not in (" ", ""):
+                if not after_dash:
+                    raise _NotSimple(line)
+                append((_SCALAR, col, scalar(stripped)))
+                continue
+            key_text = stripped[:end + 1]
+            rest = stripped[end + 2:].lstrip(" ")
+        else:
+            colon = stripped.find(": ")
+            if colon < 0:
+                if stripped[-1] != ":":
+                    if not after_dash:
+                        raise _NotSimple(line)
+                    value = cache.get(stripped, miss)
+                    append((_SCALAR, col, scalar(stripped) if value is miss else value))
+                    continue
+                colon = len(stripped) - 1
+            key_text = stripped[:colon]
+            if not key_text or key_text[-1] == " " or len(key_text) > 1000:
+                raise _NotSimple(line)
+            rest = stripped[colon + 2:]
+            if rest[:1] == " ":
+                rest = rest.lstrip(" ")
+        key = cache.get(key_text, miss)
+        if key is miss:
+            key = scalar(key_text)
+        if key is _EMPTY_MAP or key is _EMPTY_SEQ:
+            raise _NotSimple(line)
+        if rest:
+            value = cache.get(rest, miss)
+            append((_MAP, col, key, scalar(rest) if value is miss else value))
+        else:
+            append((_MAP, col, key, _NO_VALUE))
+    return tokens
+
+
+def _simple_documents(tokens: list[tuple]) -> list[Any]:
+    """Documents from :func:`_simple_tokens`, or _NotSimple for any structure PyYAML would read otherwise."""
+    count = len(tokens)
+
+    def value(v: Any) -> Any:
+        if v is _EMPTY_MAP:
+            return {}
+        if v is _EMPTY_SEQ:
+            return []
+        return v
+
+    def node(i: int) -> tuple[Any, int]:
+        kind = tokens[i][0]
+        if kind == _SEQ:
+            return sequence(i, tokens[i][1])
+        if kind == _MAP:
+            return mapping(i, tokens[i][1])
+        if kind == _SCALAR:
+            return value(tokens[i][2]), i + 1
+        raise _NotSimple("document start")
+
+    def sequence(i: int, col: int) -> tuple[list, int]:
+        items = []
+        while i < count and tokens[i][0] == _SEQ and tokens[i][1] == col:
+            item, i = node(i + 1)  # the item starts on the same line
+            items.append(item)
+        return items, i
+
+    def mapping(i: int, col: int) -> tuple[dict, int]:
+        result: dict[Any, Any] = {}
+        while i < count:
+            token = tokens[i]
+            if token[0] != _MAP or token[1] != col:
+                break
+            i += 1
+            v = token[3]
+            if v is not _NO_VALUE:
+                result[token[2]] = value(v)
+                continue
+            if i < count and tokens[i][0] != _DOC and tokens[i][1] > col:
+                result[token[2]], i = node(i)
+            elif i < count and tokens[i][0] == _SEQ and tokens[i][1] == col:
+                result[token[2]], i = sequence(i, col)  # an indentless sequence
+            else:
+                result[token[2]] = None
+        return result, i
+
+    documents: list[Any] = []
+    i = 0
+    explicit = False
+    while i < count or explicit:
+        if i < count and tokens[i][0] == _DOC:
+            if explicit:
+                documents.append(None)
+            explicit = True
+            i += 1
+            continue
+        if i >= count:
+            documents.append(None)
+            break
+        data, i = node(i)
+        if i < count and tokens[i][0] != _DOC:
+            raise _NotSimple("unexpected indentation")
+        documents.append(data)
+        explicit = False
+    return documents
+
+
+def _load_yaml_all(text: str) -> list[Any]:
+    """``list(yaml.load_all(text, Loader=SafeLoader))``, several times faster.
+
+    Documents are composed by the (C) loader as usual. A document made only of
+    maps, sequences and str/int/float/bool/null scalars (anything ``kubectl``
+    writes) is then built by :func:`_construct_plain`; any other document, or
+    one the fast builder stumbles on, is built by the safe constructor itself,
+    so results and errors are exactly PyYAML's.
+    """
+    if not _stock_safe_loader():
+        return list(yaml.load_all(text, Loader=_YAML_LOADER))
+    simple = _parse_simple_yaml(text)
+    if simple is not None:
+        return simple
+    loader = _FastYAMLLoader(text)
+    try:
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            try:
+                data = _construct_plain(loader, node)
+            except Exception:  # includes _NotPlain; the safe constructor decides
+                data = loader.construct_document(node)
+            documents.append(data)
+        return documents
+    finally:
+        loader.close()
+
+
+def _construct_plain(loader: Any, root: Any) -> Any:
+    """Build one composed document like SafeConstructor, or raise (see :func:`_load_yaml_all`)."""
+    built: dict[int, Any] = {}  # id(collection node) -> object: aliases share it, as in PyYAML
+    scalars: dict[tuple[str, str], Any] = {}
+
+    def build(node: Any) -> Any:
+        tag = node.tag
+        if type(node) is ScalarNode:
+            if tag == _TAG_STR:
+                return node.value
+            key = (tag, node.value)
+            value = scalars.get(key, scalars)
+            if value is scalars:
+                constructor = _SCALAR_CONSTRUCTORS.get(tag)
+                if constructor is None:
+                    raise _NotPlain(tag)
+                value = scalars[key] = constructor(loader, node)
+            return value
+        done = built.get(id(node), built)
+        if done is not built:
+            return done
+        if tag == _TAG_MAP and type(node) is MappingNode:
+            mapping: dict[Any, Any] = {}
+            built[id(node)] = mapping
+            # String scalars (most keys and values) are inlined: no call per node.
+            for key_node, value_node in node.value:
+                if key_node.tag == _TAG_STR and type(key_node) is ScalarNode:
+                    key = key_node.value
+                elif key_node.tag in _MERGE_KEY_TAGS:
+                    raise _NotPlain(key_node.tag)
+                else:
+                    key = build(key_node)
+                if value_node.tag == _TAG_STR and type(value_node) is ScalarNode:
+                    mapping[key] = value_node.value
+                else:
+                    mapping[key] = build(value_node)  # an unhashable key raises TypeError
+            return mapping
+        if tag == _TAG_SEQ and type(node) is SequenceNode:
+            sequence: list[Any] = []
+            built[id(node)] = sequence
+            for item in node.value:
+                sequence.append(
+                    item.value if item.tag == _TAG_STR and type(item) is ScalarNode else build(item)
+                )
+            return sequence
+        raise _NotPlain(tag)
+
+    return build(root)
+
+
+_SCALAR_CONSTRUCTORS: dict[str, Callable[[Any, Any], Any]] = {
+    _TAG_NULL: yaml.constructor.SafeConstructor.construct_yaml_null,
+    "tag:yaml.org,2002:bool": yaml.constructor.SafeConstructor.construct_yaml_bool,
+    "tag:yaml.org,2002:int": yaml.constructor.SafeConstructor.construct_yaml_int,
+    "tag:yaml.org,2002:float": yaml.constructor.SafeConstructor.construct_yaml_float,
+}
+
+
+_STOCK_CONSTRUCTORS: dict[str, Callable[[Any, Any], Any]] = {
+    **_SCALAR_CONSTRUCTORS,
+    _TAG_STR: yaml.constructor.SafeConstructor.construct_yaml_str,
+    _TAG_MAP: yaml.constructor.SafeConstructor.construct_yaml_map,
+    _TAG_SEQ: yaml.constructor.SafeConstructor.construct_yaml_seq,
+}
+
+
+def _stock_safe_loader() -> bool:
+    """True unless someone registered path resolvers or their own constructors for the
+    tags the fast readers build (they then step aside for PyYAML)."""
+    constructors = _YAML_LOADER.yaml_constructors
+    return not _YAML_LOADER.yaml_path_resolvers and all(
+        constructors.get(tag) is stock for tag, stock in _STOCK_CONSTRUCTORS.items()
+    )
 
 
 def _yaml_error_text(err: yaml.MarkedYAMLError) -> str:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 from . import ipaddrs
 from .errors import InputError, Problem
-from .loader import Document, document_problems, format_value, quote, read_documents
+from .ipaddrs import is_canonical_ipv4 as _is_canonical_ipv4
+from .loader import Document, document_problems, format_value, gc_paused, quote, read_documents
 from .mirror import (
     ANNOTATION_LEADER,
     EndpointAddress,
@@ -79,10 +81,11 @@ def load_cluster(paths: Sequence[str], stdin: Optional[TextIO] = None) -> ParseR
 
 def parse_cluster(docs: Sequence[Document]) -> ParseResult:
     """Validate documents and build the Cluster; raise InputError listing every problem."""
-    builder = _ClusterBuilder()
-    for doc in docs:
-        builder.add(doc)
-    return builder.finish()
+    with gc_paused():
+        builder = _ClusterBuilder()
+        for doc in docs:
+            builder.add(doc)
+        return builder.finish()
 
 
 # ======================================================================
@@ -211,6 +214,34 @@ def label_value_errors(value: str) -> list[str]:
     if not _RE_LABEL_VALUE.fullmatch(value):
         errors.append(_regex_error(_LABEL_VALUE_MSG, _LABEL_VALUE_FMT, "MyValue", "my_value", "12345"))
     return errors
+
+
+# -- fast predicates for the common, valid case. Each is True exactly when the
+# matching *_errors function returns no errors (a regex match means ASCII, so
+# len() is the byte length); callers fall back to the *_errors function, which
+# phrases the problems, only when a predicate is False.
+
+
+def _is_dns1123_label(value: str) -> bool:
+    return len(value) <= 63 and _RE_DNS1123_LABEL.fullmatch(value) is not None
+
+
+def _is_dns1035_label(value: str) -> bool:
+    return len(value) <= 63 and _RE_DNS1035_LABEL.fullmatch(value) is not None
+
+
+@lru_cache(maxsize=4096)
+def _is_dns1123_subdomain(value: str) -> bool:  # cached: node names repeat in every slice
+    return len(value) <= 253 and _RE_DNS1123_SUBDOMAIN.fullmatch(value) is not None
+
+
+@lru_cache(maxsize=4096)
+def _is_label_key(value: str) -> bool:  # cached: a cluster uses few label keys
+    return not qualified_name_errors(value)
+
+
+def _is_label_value(value: str) -> bool:
+    return len(value) <= 63 and _RE_LABEL_VALUE.fullmatch(value) is not None
 
 
 def port_name_errors(value: str) -> list[str]:
@@ -425,6 +456,16 @@ class _Checker:
 
     def labels(self, parent: dict, key: str, path: str) -> Labels:
         """A label map (or selector) validated like ``ValidateLabels``, as sorted pairs."""
+        value = parent.get(key)
+        if type(value) is dict:  # fast path: every key and value a valid string
+            for label_key, label_value in value.items():
+                if not (
+                    type(label_key) is str and type(label_value) is str
+                    and _is_label_key(label_key) and _is_label_value(label_value)
+                ):
+                    break
+            else:
+                return tuple(sorted(value.items()))
         pairs = []
         for label_key, value in self.get_map(parent, key, path).items():
             if not isinstance(label_key, str):
@@ -508,6 +549,19 @@ class _Meta:
 
 def _meta(c: _Checker, obj: dict, namespaced: bool, name_errors: Callable[[str], list[str]]) -> _Meta:
     """Read and validate ``metadata`` (``ValidateObjectMeta``); identify the object to ``c``."""
+    metadata = obj.get("metadata")
+    if type(metadata) is dict:  # fast path: a valid name and namespace
+        name = metadata.get("name")
+        namespace = metadata.get("namespace")
+        name_ok = _NAME_PREDICATES.get(name_errors)
+        if type(name) is str and name and name_ok is not None and name_ok(name):
+            if namespace is None or namespace == "":
+                namespace = "default" if namespaced else ""
+            elif not (namespaced and type(namespace) is str and _is_dns1123_label(namespace)):
+                namespace = None
+            if namespace is not None:
+                c.identify(namespace, name)
+                return _Meta(namespace, name, c.labels(metadata, "labels", "metadata.labels"), metadata)
     metadata = c.get_map(obj, "metadata", "metadata")
     name = c.get_str(metadata, "name", "metadata.name")
     namespace = c.get_str(metadata, "namespace", "metadata.namespace")
@@ -524,6 +578,14 @@ def _meta(c: _Checker, obj: dict, namespaced: bool, name_errors: Callable[[str],
         c.forbidden("metadata.namespace", "not allowed on this type")
     labels = c.labels(metadata, "labels", "metadata.labels")
     return _Meta(namespace if namespaced else "", name or "", labels, metadata)
+
+
+# The fast predicate of each name rule passed to _meta.
+_NAME_PREDICATES: dict[Callable[[str], list[str]], Callable[[str], bool]] = {
+    dns1035_label_errors: _is_dns1035_label,
+    dns1123_label_errors: _is_dns1123_label,
+    dns1123_subdomain_errors: _is_dns1123_subdomain,
+}
 
 
 # ======================================================================
@@ -893,9 +955,7 @@ def _parse_endpoint_slice(c: _Checker, obj: dict) -> EndpointSlice:
         c.too_many("endpoints", len(raw_endpoints), MAX_SLICE_ENDPOINTS)
         endpoints: tuple[Endpoint, ...] = ()
     else:
-        endpoints = tuple(
-            _slice_endpoint(c, path, item, address_type or "") for path, item in c.each_map(raw_endpoints, "endpoints")
-        )
+        endpoints = _slice_endpoints(c, raw_endpoints, address_type or "")
     return EndpointSlice(
         namespace=meta.namespace,
         name=meta.name,
@@ -905,6 +965,115 @@ def _parse_endpoint_slice(c: _Checker, obj: dict) -> EndpointSlice:
         ports=_slice_ports(c, obj),
         labels=meta.labels,
         ref=c.ref(),
+    )
+
+
+def _slice_endpoints(c: _Checker, items: list, address_type: str) -> tuple[Endpoint, ...]:
+    """``endpoints``: each item through the fast path, or (if it has any problem) the full one."""
+    result = []
+    for i, item in enumerate(items):
+        endpoint = _fast_endpoint(item, address_type) if type(item) is dict else None
+        if endpoint is None:
+            path = _index("endpoints", i)
+            if not isinstance(item, dict):
+                c.invalid(path, item, "must be a mapping")
+                continue
+            endpoint = _slice_endpoint(c, path, item, address_type)
+        result.append(endpoint)
+    return tuple(result)
+
+
+# Resolved conditions are shared: (ready, serving, terminating) -> instance.
+_CONDITIONS = {
+    (ready, serving, terminating): EndpointConditions(ready=ready, serving=serving, terminating=terminating)
+    for ready in (False, True) for serving in (False, True) for terminating in (False, True)
+}
+# Canonical IPv4 text that may not be an endpoint address (see special_ip_errors):
+# unspecified, loopback, link-local, link-local multicast.
+_SPECIAL_CANONICAL_IPV4 = re.compile(r"0\.0\.0\.0$|127\.|169\.254\.|224\.0\.0\.").match
+
+
+def _fast_endpoint(item: dict, address_type: str) -> Optional[Endpoint]:
+    """``endpoints[i]`` when it has no problem at all (the common case), else None.
+
+    Reads exactly what :func:`_slice_endpoint` reads and accepts only input on
+    which it would report nothing, returning the same Endpoint; anything
+    unusual (a wrong type, an invalid or special address, hints, ...) returns
+    None so that the full validator reports it.
+    """
+    addresses = item.get("addresses")
+    if type(addresses) is not list or not 0 < len(addresses) <= MAX_ENDPOINT_ADDRESSES:
+        return None
+    if address_type == "IPv4":
+        for address in addresses:
+            if type(address) is not str or not _is_canonical_ipv4(address) or _SPECIAL_CANONICAL_IPV4(address):
+                return None
+        addresses = tuple(addresses)
+    elif address_type == "IPv6":
+        canonical = []
+        for address in addresses:
+            if type(address) is not str or not ipaddrs.is_ipv6(address) or special_ip_errors(address):
+                return None
+            canonical.append(ipaddrs.canonical_ip(address))
+        addresses = tuple(canonical)
+    elif address_type == "FQDN":
+        for address in addresses:
+            if type(address) is not str or not address:
+                return None
+        addresses = tuple(addresses)
+    else:
+        return None
+
+    conditions = item.get("conditions")
+    if conditions is None:
+        ready, serving, terminating = True, True, False
+    elif type(conditions) is dict:
+        ready = conditions.get("ready")
+        serving = conditions.get("serving")
+        terminating = conditions.get("terminating")
+        if ready is None:
+            ready = True
+        elif ready is not True and ready is not False:
+            return None
+        if serving is None:
+            serving = ready
+        elif serving is not True and serving is not False:
+            return None
+        if terminating is None:
+            terminating = False
+        elif terminating is not True and terminating is not False:
+            return None
+    else:
+        return None
+
+    node_name = item.get("nodeName")
+    if node_name is not None and not (type(node_name) is str and _is_dns1123_subdomain(node_name)):
+        return None
+    zone = item.get("zone")
+    if zone is not None and type(zone) is not str:
+        return None
+    hostname = item.get("hostname")
+    if hostname is not None and not (type(hostname) is str and _is_dns1123_label(hostname)):
+        return None
+    if item.get("hints") is not None:
+        return None
+    target_ref = item.get("targetRef")
+    if target_ref is None:
+        target_ref_name = None
+    elif type(target_ref) is dict:
+        target_ref_name = target_ref.get("name")
+        if target_ref_name is not None and type(target_ref_name) is not str:
+            return None
+    else:
+        return None
+    return Endpoint(
+        addresses=addresses,
+        conditions=_CONDITIONS[ready, serving, terminating],
+        node_name=node_name,
+        zone=zone,
+        hints_for_zones=None,
+        hostname=hostname,
+        target_ref_name=target_ref_name,
     )
 
 

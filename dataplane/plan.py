@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterable, Literal, Optional, Sequence
 
 from .errors import UsageError

@@ -19,9 +19,7 @@ the same kernel state.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Optional, Protocol, Sequence
 
 from .backends import iptables as ipt

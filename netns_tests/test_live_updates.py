@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import signal
@@ -21,7 +20,6 @@ import time
 
 import pytest
 
-from dataplane.apply import apply_cluster
 from dataplane.lab import Topology
 from dataplane.model import (
     Cluster,
@@ -35,7 +33,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.netns import cleanup, in_netns, read_back, run_in
+from dataplane.netns import in_netns, read_back, run_in
 from dataplane.proxier import NetnsRunner, Proxier
 from svc_lab import BACKENDS, nodes_yaml, proxy_config_yaml, write_manifests
 

@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import yaml
 
 from dataplane.cli import main
@@ -159,6 +158,19 @@ def test_endpoints_derives_slices_from_pods(capsys):
 
 
 def test_help_has_examples():
-    for cmd in ("compile", "apply", "allocate", "endpoints"):
-        r = subprocess.run([sys.executable, "-m", "dataplane", cmd, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "examples:" in r.stdout, cmd
+    for cmd in (["compile"], ["apply"], ["allocate"], ["endpoints"], ["cleanup"], ["trace"], ["dns"], ["env"],
+                ["lab", "up"], ["lab", "down"], ["verify"], ["completion"]):
+        r = subprocess.run([sys.executable, "-m", "dataplane", *cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "example" in r.stdout, cmd
+
+
+def test_completion_scripts_know_every_command_and_option(capsys):
+    code, out, _ = run(["completion", "bash"], capsys)
+    assert code == 0 and "complete " in out and "dataplane" in out
+    for word in ("compile", "allocate", "trace", "verify", "lab", "--backend", "--ip-family", "nftables", "ipv6"):
+        assert word in out, word
+    r = subprocess.run(["bash", "-c", "source /dev/stdin && complete -p dataplane"], input=out,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "dataplane" in r.stdout, r.stderr
+    code, out, _ = run(["completion", "zsh"], capsys)
+    assert code == 0 and out.startswith("#compdef dataplane") and "verify" in out

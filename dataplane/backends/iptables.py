@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..naming import iptables_endpoint_chain, iptables_service_hash
-from ..plan import ExternalStep, LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
+from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
 from ._jinja import template
 
 MARK_MASQ = "KUBE-MARK-MASQ"

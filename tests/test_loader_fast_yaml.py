@@ -1,0 +1,224 @@
+"""The fast YAML readers in dataplane.loader build exactly what PyYAML's safe loader builds.
+
+``_parse_simple_yaml`` reads the plain block subset that kubectl writes and
+must either give up (None) or agree with ``yaml.safe_load_all`` (types
+included: ``1`` is not ``True``); ``_load_yaml_all`` (what the loader uses)
+must agree with it on every input, errors included.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataplane.loader import _load_yaml_all, _parse_simple_yaml
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _pyyaml(text: str):
+    try:
+        return "ok", list(yaml.load_all(text, Loader=_LOADER))
+    except Exception as err:  # noqa: BLE001 - any failure is an outcome to compare
+        return "error", f"{type(err).__name__}: {err}"
+
+
+def _ours(text: str):
+    try:
+        return "ok", _load_yaml_all(text)
+    except Exception as err:  # noqa: BLE001
+        return "error", f"{type(err).__name__}: {err}"
+
+
+def same(a, b) -> bool:
+    """Equal values of equal types, all the way down (and NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(k, kb) and same(a[k], b[kb]) for k, kb in zip(a, b))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+KUBECTL = """\
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    annotations:
+      meta.helm.sh/release-name: team-00
+    creationTimestamp: "2024-04-01T12:00:00Z"
+    labels:
+      app.kubernetes.io/name: api-00000
+    name: api-00000
+    namespace: team-00
+    resourceVersion: '200000'
+  spec:
+    clusterIP: 10.96.0.16
+    clusterIPs:
+    - 10.96.0.16
+    ports:
+    - name: http
+      port: 80
+      protocol: TCP
+      targetPort: 8080
+    - port: 53
+      protocol: UDP
+    sessionAffinity: None
+    type: ClusterIP
+  status:
+    loadBalancer: {}
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 10.128.0.2
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+    nodeName: node-01
+    zone: zone-a
+  kind: EndpointSlice
+  metadata:
+    name: api-00000-x7k2p
+  ports: []
+kind: List
+metadata:
+  resourceVersion: ""
+"""
+
+
+def test_kubectl_output_is_read_by_the_fast_reader():
+    got = _parse_simple_yaml(KUBECTL)
+    assert got is not None
+    assert same(got, list(yaml.load_all(KUBECTL, Loader=_LOADER)))
+
+
+@pytest.mark.parametrize("text", [
+    "", "\n\n", "---\n", "---\n---\n", "a: 1\n---\n", "---\n---\na: 1\n", "a: 1\n---\nb: 2\n",
+    "a:\n- 1\n- 2\nb: 3\n", "- - a\n  - b\n- c\n", "-   a\n-   b: 1\n    c: 2\n",
+    "a: 0755\nb: 1:30\nc: on\nd: ~\ne: .inf\nf: -5\ng: 1_000\nh: 0x1F\ni: 1.5e3\nj: .NaN\nk: NO\n",
+    "80: x\ntrue: y\nnull: z\n'80': w\n", "a: x\n\n   \nb: y\n", "k: 'it''s'\nj: \"q\"\n", "a: b c  d   \n",
+    "  a: 1\n  b: 2\n", "a: [] \nb: {}\n", "a:\n  b:\n    c: d\n  e: f\n", "a: b\na: c\n",
+])
+def test_fast_reader_agrees_with_pyyaml(text):
+    got = _parse_simple_yaml(text)
+    assert got is not None, "expected the fast reader to read this"
+    status, expected = _pyyaml(text)
+    assert status == "ok" and same(got, expected)
+
+
+@pytest.mark.parametrize("text", [
+    "# comment\na: 1\n", "a: 1 # note\n", "a: &x 1\nb: *x\n", "a: !!str 1\n", "a: {b: 1}\n", "a: [1]\n",
+    "a: |\n  text\n", "a: >\n  text\n", "a: 2024-01-01\n", "<<: {a: 1}\n", "a: \"x\\ty\"\n", "a: caf\u00e9\n",
+    "a: 1\r\nb: 2\r\n", "a:\tb\n", "--- a\n", "...\n", "a: b: c\n", "a: b\n  c\n", "- a\nb: 1\n", "hello\n",
+    "a:\n  - b\n  c: d\n", "? a\n: b\n", "a: 'x\n  y'\n", "-\n  a\n", "a: -\n", "a: :b\n", "a: 'b' c\n",
+])
+def test_fast_reader_leaves_everything_else_to_pyyaml(text):
+    assert _parse_simple_yaml(text) is None
+    assert _ours(text)[0] == _pyyaml(text)[0]
+    if _pyyaml(text)[0] == "ok":
+        assert same(_ours(text)[1], _pyyaml(text)[1])
+
+
+_KEYS = st.sampled_from([
+    "a", "b", "name", "port", "80", "true", "on", "null", "~", "'q'", '"d"', "'it''s'", "a b", "x:y", "<<", "=",
+    "-x", "?x", "#c", "k #c", "k ", "", "1.5", "0x1F", "2024-01-01", "[]", "{}", "'a: b'", '"a: b"',
+])
+_VALUES = st.sampled_from([
+    "", "1", "-1", "0755", "1:30", "1_000", ".inf", ".nan", "1e3", "1.5e3", "yes", "No", "on", "OFF", "true",
+    "False", "null", "~", "Null", "x", "a b", "a  b", "a: b", "a #b", "a#b", "x:", ":x", "-", "- x", "-x", "?",
+    "'s'", "''", "'it''s'", "'un'closed'", '"d"', '""', '"e\\n"', "{}", "[]", "{a: 1}", "[1]", "&a x", "*a", "!t x",
+    "|", ">", "%x", "@x", "`x", "2024-01-01", "2024-01-01T10:00:00Z", "10.96.0.1", "node-01", "=", "<<", "a,b",
+    "[x", "x]", "caf\u00e9", "a\tb", "'x", 'x"', "x'y",
+])
+
+
+@st.composite
+def _block_yaml(draw) -> str:
+    lines = []
+    for _ in range(draw(st.integers(0, 12))):
+        indent = " " * draw(st.sampled_from([0, 0, 0, 1, 2, 2, 4, 4, 6]))
+        shape = draw(st.sampled_from(["map", "map", "mapnone", "seq", "seqmap", "seqseq", "doc", "blank", "end",
+                                      "comment", "dash"]))
+        key, value = draw(_KEYS), draw(_VALUES)
+        if shape == "map":
+            lines.append(f"{indent}{key}: {value}")
+        elif shape == "mapnone":
+            lines.append(f"{indent}{key}:" + draw(st.sampled_from(["", " "])))
+        elif shape == "seq":
+            lines.append(f"{indent}- {value}")
+        elif shape == "seqmap":
+            lines.append(f"{indent}-{' ' * draw(st.integers(1, 3))}{key}: {value}")
+        elif shape == "seqseq":
+            lines.append(f"{indent}- - {value}")
+        elif shape == "doc":
+            lines.append(draw(st.sampled_from(["---", "--- ", "...", "--- x"])))
+        elif shape == "blank":
+            lines.append(indent)
+        elif shape == "end":
+            lines.append(f"{indent}{value}")
+        elif shape == "comment":
+            lines.append(f"{indent}# {value}")
+        else:
+            lines.append(f"{indent}-")
+    return "\n".join(lines) + draw(st.sampled_from(["", "\n"]))
+
+
+@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_block_yaml())
+def test_fast_readers_agree_with_pyyaml_on_random_block_yaml(text):
+    status, expected = _pyyaml(text)
+    fast = _parse_simple_yaml(text)
+    if fast is not None:
+        assert status == "ok", f"fast reader accepted what PyYAML rejects: {expected}"
+        assert same(fast, expected)
+    ours = _ours(text)
+    assert ours[0] == status
+    if status == "ok":
+        assert same(ours[1], expected)
+    else:
+        assert ours[1] == expected  # the very same error
+
+
+def test_fast_pyyaml_path_keeps_aliases_shared():
+    docs = _load_yaml_all("a: &m {x: 1}\nb: *m\nc: &s [1]\nd: *s\n")
+    assert docs[0]["a"] is docs[0]["b"] and docs[0]["c"] is docs[0]["d"]
+    looped = _load_yaml_all("a: &m {name: web, self: *m}\n")[0]["a"]
+    assert looped["self"] is looped
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12),
+    st.floats(allow_nan=False, allow_infinity=True, width=64),
+    st.text(alphabet=st.sampled_from("ab z09:-_.#'\"/@&*!|>%{}[],?~=<\\\t\u00e9"), max_size=12),
+    st.sampled_from(["yes", "No", "on", "null", "~", "0755", "1:30", "1_000", "2024-01-01", "10.96.0.1", "<<", "="]),
+)
+_KEY_SCALARS = st.one_of(st.booleans(), st.integers(-1000, 1000), st.none(),
+                         st.text(alphabet=st.sampled_from("abz09:-_. #'\"/"), max_size=10))
+_TREES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEY_SCALARS, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_TREES, min_size=1, max_size=3), st.sampled_from([2, 4]))
+def test_fast_readers_agree_with_pyyaml_on_dumped_documents(docs, indent):
+    text = yaml.dump_all(docs, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), default_flow_style=False,
+                         indent=indent, width=1 << 16)
+    status, expected = _pyyaml(text)
+    assert status == "ok"
+    fast = _parse_simple_yaml(text)
+    if fast is not None:
+        assert same(fast, expected)
+    assert same(_load_yaml_all(text), expected)
