@@ -16,7 +16,7 @@ sync kube-proxy deletes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .plan import NodePlan, ServicePortPlan
 
@@ -69,9 +69,14 @@ def stale_entries(old: Optional[NodePlan], new: NodePlan) -> list[ConntrackDelet
     """The conntrack deletions a sync from ``old`` to ``new`` calls for (sorted, no duplicates)."""
     if old is None:
         return []
-    family = new.family
-    before = {_key(p): p for p in old.services if p.protocol in TRACKED}
-    after = {_key(p): p for p in new.services if p.protocol in TRACKED}
+    return stale_changes(new.family, old.services, new.services)
+
+
+def stale_changes(family: str, old: Iterable[ServicePortPlan], new: Iterable[ServicePortPlan]) -> list[ConntrackDelete]:
+    """The conntrack deletions for service ports ``old`` becoming ``new`` (each side: every port of
+    the Services that changed, or of the whole node), sorted, no duplicates."""
+    before = {_key(p): p for p in old if p.protocol in TRACKED}
+    after = {_key(p): p for p in new if p.protocol in TRACKED}
     out: set[ConntrackDelete] = set()
     for key, was in before.items():
         now = after.get(key)

@@ -19,12 +19,13 @@ the same kernel state.
 from __future__ import annotations
 
 import hashlib
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Protocol, Sequence
 
 from .backends import iptables as ipt
 from .backends import nftables as nft
-from .conntrack import ConntrackDelete, stale_entries
+from .conntrack import ConntrackDelete, stale_changes, stale_entries
 from .errors import DataplaneError
 from .model import Cluster, EndpointSlice, Node, ProxyConfig, Service
 from .plan import Family, Mode, NodeContext, NodePlan, ServicePortPlan, assemble, node_context, plan_service
@@ -103,7 +104,16 @@ class _Installed:
 
     context: tuple
     plan: NodePlan
-    fragments: tuple  # backend fragments, in plan order
+    by_service: dict  # (namespace, name) -> that Service's backend fragments, in port order
+
+    @property
+    def fragments(self) -> tuple:
+        """Every backend fragment, in plan order."""
+        return tuple(f for key in sorted(self.by_service) for f in self.by_service[key])
+
+
+_Key = tuple[str, str]
+_Plans = tuple[tuple[ServicePortPlan, ...], tuple[str, ...]]  # a Service's port plans and warnings
 
 
 class Proxier:
@@ -120,10 +130,20 @@ class Proxier:
         self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._nodes: dict[str, Node] = {}
         self._config = ProxyConfig()
-        self._dirty: set[tuple[str, str]] = set()
-        self._plans: dict[tuple[str, str], tuple[tuple[ServicePortPlan, ...], tuple[str, ...]]] = {}
+        self._dirty: set[_Key] = set()
+        self._plans: dict[_Key, _Plans] = {}
+        # Services re-planned since the last sync -> their plans then (None: none);
+        # _all_changed: the node context changed, every Service counts as changed
+        self._changed: dict[_Key, Optional[_Plans]] = {}
+        self._all_changed = False
+        self._order: Optional[list[_Key]] = None  # sorted keys of _plans
+        self._endpoints = 0  # endpoints over every service port (iptables: kube-proxy's large-cluster mode)
+        self._frags: dict[_Key, tuple] = {}  # rendered fragments of _plans, for _frag_context
+        self._frag_context: Optional[tuple] = None
         self._ctx: Optional[NodeContext] = None
+        self._base: Optional[NodePlan] = None  # the node-level plan (no services) of _ctx
         self._installed: Optional[_Installed] = None
+        self._index: Optional[nft.TableIndex] = None  # of the installed nft table, built when needed
         self._renderer = ipt.Renderer() if mode == "iptables" else nft.Renderer()
         if cluster is not None:
             self.load(cluster)
@@ -181,8 +201,9 @@ class Proxier:
 
     def _invalidate(self) -> None:
         self._ctx = None
-        self._plans.clear()
-        self._dirty = set(self._services)
+        self._base = None
+        self._all_changed = True
+        self._dirty = set(self._services) | set(self._plans)
 
     def cluster(self) -> Cluster:
         """The current state as a :class:`Cluster`."""
@@ -195,56 +216,125 @@ class Proxier:
             self._ctx = node_context(
                 Cluster(nodes=tuple(self._nodes.values()), proxy_config=self._config),
                 self.node_name, family=self.family, mode=self.mode)
+            self._base = assemble(self._ctx, ())
         return self._ctx
 
-    def _replan(self, ctx: NodeContext) -> NodePlan:
+    def _replan(self, ctx: NodeContext) -> None:
+        """Plan the dirty Services again; remember what each was at the last sync."""
         from .plan import slices_by_service
 
         for key in self._dirty:
+            old = self._plans.pop(key, None)
+            self._changed.setdefault(key, old)
+            if old is not None:
+                self._endpoints -= sum(len(p.endpoints) for p in old[0])
             svc = self._services.get(key)
             if svc is None:
-                self._plans.pop(key, None)
+                if old is not None:
+                    self._order = None
                 continue
             slices = [self._slices[k] for k in sorted(self._slices_by_service.get(key, ()), key=lambda k: k[1])]
             fam = slices_by_service(slices, self.family).get(key, [])
-            self._plans[key] = plan_service(svc, fam, ctx)
+            new = plan_service(svc, fam, ctx)
+            self._plans[key] = new
+            self._endpoints += sum(len(p.endpoints) for p in new[0])
+            if old is None:
+                self._order = None
         self._dirty.clear()
-        services: list[ServicePortPlan] = []
-        warnings: list[str] = []
-        for key in sorted(self._plans):
-            plans, w = self._plans[key]
-            services.extend(plans)
-            warnings.extend(w)
+
+    def _keys(self) -> list[_Key]:
+        if self._order is None:
+            self._order = sorted(self._plans)
+        return self._order
+
+    def _assemble(self, ctx: NodeContext) -> NodePlan:
+        planned = list(map(self._plans.__getitem__, self._keys()))
+        services = chain.from_iterable([ports for ports, _ in planned])
+        warnings = chain.from_iterable([w for _, w in planned if w])
         return assemble(ctx, services, warnings)
+
+    def _all_fragments(self) -> tuple:
+        """Every current fragment, in plan order."""
+        return tuple(chain.from_iterable(map(self._frags.__getitem__, self._keys())))
 
     def plan(self) -> NodePlan:
         """The node plan for the current state."""
-        return self._replan(self._context())
+        ctx = self._context()
+        self._replan(ctx)
+        return self._assemble(ctx)
+
+    def _render(self, key: _Key, large: bool) -> tuple:
+        base = self._base
+        assert base is not None
+        if self.mode == "iptables":
+            return tuple(self._renderer.render_fragment(p, base, large) for p in self._plans[key][0])
+        return tuple(self._renderer.render_fragment(p, base) for p in self._plans[key][0])
+
+    def _render_changed(self, context: tuple) -> None:
+        """Bring the fragments up to date: only the changed Services', unless the context changed."""
+        large = self.mode == "iptables" and self._endpoints > ipt.LARGE_CLUSTER_ENDPOINTS
+        if context != self._frag_context:
+            self._frags = {key: self._render(key, large) for key in self._plans}
+            self._frag_context = context
+            return
+        for key in self._changed:
+            if key in self._plans:
+                self._frags[key] = self._render(key, large)
+            else:
+                self._frags.pop(key, None)
 
     def sync(self, *, full: bool = False) -> SyncResult:
         """Bring the kernel to the current state with the smallest update.
 
-        Raises whatever the runner raises; the kernel then keeps its previous
-        rules and the next sync is a full one.
+        A partial sync costs time in the size of the change (plus joining the
+        top-level iptables chains), not in the number of Services. Raises
+        whatever the runner raises; the kernel then keeps its previous rules and
+        the next sync is a full one.
         """
         ctx = self._context()
-        plan = self._replan(ctx)
-        frags = tuple(self._renderer.fragments(plan))
+        self._replan(ctx)
+        plan = self._assemble(ctx)
         context = self._render_context(plan)
+        self._render_changed(context)
         old = self._installed
         full = full or old is None or old.context != context
         if full:
+            frags = self._all_fragments()
             kind: SyncKind = "full"
             text = self._full_text(plan, frags)
             changed = len(frags)
+            conntrack = tuple(stale_entries(old.plan if old else None, plan))
         else:
-            text, changed = self._partial_text(plan, old.fragments, frags)
+            assert old is not None
+            # after load() or a node change every Service may differ from what the kernel holds
+            keys = set(self._frags) | set(old.by_service) if self._all_changed else self._changed
+            removed, added = [], []
+            for key in keys:
+                was, now = old.by_service.get(key, ()), self._frags.get(key, ())
+                if was is not now:
+                    removed += [f for f in was if f not in now]
+                    added += [f for f in now if f not in was]
+            text = self._partial_text(plan, old, removed, added)
             kind = "partial" if text else "none"
-        conntrack = tuple(stale_entries(old.plan if old else None, plan))
+            changed = len(added)
+            if self._all_changed:
+                conntrack = tuple(stale_entries(old.plan, plan))
+            else:
+                before = [p for v in self._changed.values() if v is not None for p in v[0]]
+                after = [p for key in self._changed if key in self._plans for p in self._plans[key][0]]
+                conntrack = tuple(stale_changes(plan.family, before, after))
+        self._changed = {}
+        self._all_changed = False
         if self.runner is not None and text:
             self._installed = None  # if apply fails (or is interrupted), resync fully next time
-            self.runner.apply(self.mode, self.family, text, full=full, sysctls=plan.sysctls)
-        self._installed = _Installed(context, plan, frags)
+            try:
+                self.runner.apply(self.mode, self.family, text, full=full, sysctls=plan.sysctls)
+            except BaseException:
+                self._index = None  # it already holds the update the kernel refused
+                raise
+        self._installed = _Installed(context, plan, dict(self._frags))
+        if full and self.mode == "nftables":
+            self._index = nft.TableIndex(frags)
         if self.runner is not None and conntrack:
             self.runner.delete_conntrack(conntrack)
         return SyncResult(kind, text, plan, changed, conntrack)
@@ -253,7 +343,7 @@ class Proxier:
         base = (plan.family, plan.mode, plan.node_ips, plan.masquerade_mark, plan.local_detector,
                 plan.cluster_ip_masquerade, plan.nodeports)
         if self.mode == "iptables":
-            return base + (ipt.is_large_cluster(plan),)
+            return base + (self._endpoints > ipt.LARGE_CLUSTER_ENDPOINTS,)
         return base
 
     def _full_text(self, plan: NodePlan, frags: Sequence) -> str:
@@ -267,16 +357,15 @@ class Proxier:
         keep = {c for f in frags for c in f.chains}
         return sorted({c for f in self._installed.fragments for c in f.chains} - keep)
 
-    def _partial_text(self, plan: NodePlan, old: Sequence, new: Sequence) -> tuple[str, int]:
-        old_set = set(old)
-        changed = [f for f in new if f not in old_set]
+    def _partial_text(self, plan: NodePlan, old: _Installed, removed: list, added: list) -> str:
+        if not removed and not added:
+            return ""
         if self.mode == "nftables":
-            text = nft.render_update(plan, old, new)
-            return text, len(changed)
-        if tuple(old) == tuple(new):
-            return "", 0
-        stale = sorted({c for f in old for c in f.chains} - {c for f in new for c in f.chains})
-        return ipt.render_file(plan, new, changed, stale=stale, jumps=False), len(changed)
+            if self._index is None:
+                self._index = nft.TableIndex(f for frags in old.by_service.values() for f in frags)
+            return nft.render_diff(plan.family, self._index.update(removed, added))
+        stale = sorted({c for f in removed for c in f.chains} - {c for f in added for c in f.chains})
+        return ipt.render_file(plan, self._all_fragments(), added, stale=stale, jumps=False)
 
     # ------------------------------------------------------------ persistence
     def installed(self):

@@ -16,6 +16,7 @@ from typing import Optional
 
 import pytest
 
+from dataplane.backends.nftables import CASCADE_MAX
 from dataplane.compiler import compile_rules
 from dataplane.controllers.endpointslices import with_derived_slices
 from dataplane.parse import load_cluster
@@ -132,7 +133,33 @@ endpoints:
 - {addresses: [10.244.2.80], nodeName: node-b}
 """
 
-INLINE = {"policies": POLICIES, "interface": INTERFACE_DETECTOR, "both-local": BOTH_LOCAL}
+LARGE = """\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clusterCIDR: 10.244.0.0/16
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: large, namespace: big}
+spec:
+  clusterIP: 10.96.8.1
+  sessionAffinity: ClientIP
+  ports: [{port: 80, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: large-1, namespace: big, labels: {kubernetes.io/service-name: large}}
+addressType: IPv4
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+""" + "".join(f"- {{addresses: [10.244.3.{i}]}}\n" for i in range(1, 41))
+
+INLINE = {"policies": POLICIES, "interface": INTERFACE_DETECTOR, "both-local": BOTH_LOCAL, "large": LARGE}
 
 
 # ------------------------------------------------------------------- helpers
@@ -456,8 +483,8 @@ def _break_iptables(text: str) -> str:
 
 
 def _break_nftables(text: str) -> str:
-    """A wrong rendering: numgen over fewer buckets than the map has elements."""
-    return text.replace("numgen random mod 3 vmap", "numgen random mod 2 vmap", 1)
+    """A wrong rendering: the first step of a three-endpoint cascade taken half of the time, not a third."""
+    return text.replace("numgen random mod 3 0 goto", "numgen random mod 2 0 goto", 1)
 
 
 @pytest.mark.parametrize("backend,breaker", [("iptables", _break_iptables), ("nftables", _break_nftables)])
@@ -480,6 +507,39 @@ def test_itp_and_etp_local_together(backend: str, inline_dir: Path) -> None:
     assert_dnat(pod, both, masquerade=False)
     outside = run("both-local", backend, "203.0.113.9", "192.0.2.11", 30701, directory=inline_dir)
     assert_dnat(outside, {"10.244.1.80:80": 1.0}, masquerade=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("count", [1, 2, 7, 32, 33, 40])
+def test_equal_chance_for_every_endpoint_in_both_nft_forms(backend: str, count: int, inline_dir: Path) -> None:
+    """Up to CASCADE_MAX endpoints nftables picks with a rule cascade, above with one numgen vmap;
+    iptables always cascades. Every form gives each endpoint 1/N."""
+    text = (inline_dir / "large.yaml").read_text()
+    kept = "".join(f"- {{addresses: [10.244.3.{i}]}}\n" for i in range(1, count + 1))
+    case = f"large-{count}"
+    (inline_dir / f"{case}.yaml").write_text(text.split("endpoints:\n")[0] + "endpoints:\n" + kept)
+    rules, _ = compiled(case, backend, directory=inline_dir)
+    if backend == "nftables":
+        assert (f"numgen random mod {count} vmap" in rules) is (count > CASCADE_MAX)
+    result = run(case, backend, "10.244.1.5", "10.96.8.1", 80, directory=inline_dir)
+    assert_dnat(result, {f"10.244.3.{i}:80": 1 / count for i in range(1, count + 1)}, masquerade=False)
+
+
+def test_nft_numgen_match_branches(tmp_path: Path) -> None:
+    """A numgen comparison splits the flow: the matching share runs the rest of the rule."""
+    rules = """\
+table ip t {
+	chain nat-prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		numgen random mod 4 { 0, 2 } dnat to 10.0.0.1
+		numgen random mod 4 != 3 dnat to 10.0.0.2
+		dnat to 10.0.0.3
+	}
+}
+"""
+    result = trace(rules, "nftables", Packet("192.0.2.1", "192.0.2.2", 80, "tcp"), local_ips=("192.0.2.2",))
+    # 1/2 to .1; of the rest, 3/4 to .2 and 1/4 to .3
+    assert endpoints(result) == pytest.approx({"10.0.0.1:80": 0.5, "10.0.0.2:80": 0.375, "10.0.0.3:80": 0.125})
 
 
 # --------------------------------------------------------- interpreter details

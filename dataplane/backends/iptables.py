@@ -279,21 +279,26 @@ class Renderer:
         self._cache: dict[tuple, ServiceFragment] = {}
         self._module = template("iptables_service.j2").module
 
+    def render_fragment(self, p: ServicePortPlan, plan: NodePlan, large: bool) -> ServiceFragment:
+        """Render one service port's fragment (no caching)."""
+        v = _service_view(p, plan, large)
+        m = self._module
+        sections = tuple(str(getattr(m, name)(v)) for name in SECTIONS)
+        chains: list[str] = []
+        if p.uses_external_chain:
+            chains.append(v.ext_chain)
+        if p.firewall:
+            chains.append(v.fw_chain)
+        chains += [pol.chain for pol in v.policies]
+        chains += [ep.chain for ep in v.endpoints]
+        return ServiceFragment(sections, tuple(chains), str(m.own_chains(v)))
+
     def fragment(self, p: ServicePortPlan, plan: NodePlan, large: bool) -> ServiceFragment:
+        """One service port's fragment, rendered once per plan and node settings."""
         key = (p, _context(plan, large))
         frag = self._cache.get(key)
         if frag is None:
-            v = _service_view(p, plan, large)
-            m = self._module
-            sections = tuple(str(getattr(m, name)(v)) for name in SECTIONS)
-            chains: list[str] = []
-            if p.uses_external_chain:
-                chains.append(v.ext_chain)
-            if p.firewall:
-                chains.append(v.fw_chain)
-            chains += [pol.chain for pol in v.policies]
-            chains += [ep.chain for ep in v.endpoints]
-            frag = ServiceFragment(sections, tuple(chains), str(m.own_chains(v)))
+            frag = self.render_fragment(p, plan, large)
             self._cache[key] = frag
         return frag
 
@@ -340,7 +345,8 @@ def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[
         nodeport_rules = [(exclude, "-m addrtype --dst-type LOCAL ")]
     else:
         nodeport_rules = [(f"-d {_host(ip)} ", "") for ip in plan.nodeports.ips]
-    sections = {name: "".join(f.sections[i] for f in frags) for i, name in enumerate(SECTIONS)}
+    columns = list(zip(*[f.sections for f in frags])) or [()] * len(SECTIONS)  # one per section
+    sections = {name: "".join(column) for name, column in zip(SECTIONS, columns)}
     return template("iptables.j2").render(
         plan=plan,
         sections=sections,
@@ -359,4 +365,7 @@ def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[
 
 def render(plan: NodePlan) -> str:
     """The complete ``iptables-restore --noflush`` (or ``ip6tables-restore``) input for a plan."""
-    return Renderer().render(plan)
+    r = Renderer()  # one-shot: no cache to fill
+    large = is_large_cluster(plan)
+    frags = [r.render_fragment(p, plan, large) for p in plan.services]
+    return render_file(plan, frags, frags, stale=(), jumps=True)

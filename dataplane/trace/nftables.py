@@ -1133,9 +1133,10 @@ class _Runner:
                 results.append((flow, Ctl.END))
         return results
 
-    def _rule(self, rule: Rule, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
-        """Evaluate one rule left to right: matches may stop it, statements act, a verdict decides."""
-        shown = False
+    def _rule(self, rule: Rule, flow: Flow, log: Log, stack: tuple[str, ...], start: int = 0,
+              shown: bool = False) -> list[Outcome]:
+        """Evaluate one rule left to right from expression ``start``: matches may stop it, statements
+        act, a verdict decides. A ``numgen`` match splits the flow into a matching and a missing branch."""
 
         def show() -> None:
             nonlocal shown
@@ -1143,7 +1144,10 @@ class _Runner:
                 log(f"[{rule.line}] {rule.text}")
                 shown = True
 
-        for position, e in enumerate(rule.exprs):
+        for position in range(start, len(rule.exprs)):
+            e = rule.exprs[position]
+            if isinstance(e, Compare) and e.sels[0].kind == "numgen":
+                return self._numgen_match(e, rule, position, flow, log, stack, show)
             if isinstance(e, Compare):
                 if not self._compare(e, flow):
                     return [(flow, Ctl.NEXT)]
@@ -1165,6 +1169,28 @@ class _Runner:
                 with log.indent():
                     return self._act(e, flow, log, stack)
         return [(flow, Ctl.NEXT)]
+
+    def _numgen_match(self, e: Compare, rule: Rule, position: int, flow: Flow, log: Log,
+                      stack: tuple[str, ...], show: Callable[[], None]) -> list[Outcome]:
+        """``numgen random mod N V``: the rest of the rule runs for the share of 0..N-1 that matches
+        (with that probability); the other share goes on with the next rule."""
+        modulus = e.sels[0].modulus
+        count = sum(_numgen_share(value, modulus) for value in e.values)
+        count = min(count, modulus)
+        if e.negate:
+            count = modulus - count
+        results: list[Outcome] = []
+        show()
+        with log.indent():
+            if count:
+                hit = replace(flow, prob=flow.prob * count / modulus)
+                log(f"random {count} of {modulus} match (branch p={hit.prob:.4f})")
+                results += self._rule(rule, hit, log, stack, position + 1, shown=True)
+            if count < modulus:
+                miss = replace(flow, prob=flow.prob * (modulus - count) / modulus)
+                log(f"random {modulus - count} of {modulus} miss (branch p={miss.prob:.4f}), next rule")
+                results.append((miss, Ctl.NEXT))
+        return results
 
     def _compare(self, e: Compare, flow: Flow) -> bool:
         values = tuple(read(s, flow, self.ctx) for s in e.sels)
