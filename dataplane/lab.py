@@ -55,10 +55,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Optional, Sequence
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as _pr_netns
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 from dataplane.errors import UsageError
 from dataplane.netns import NETNS_DIR, in_netns, run_in, set_sysctls
@@ -987,6 +987,8 @@ def _write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
 def _remove_netns(name: str) -> bool:
     if not os.path.exists(os.path.join(NETNS_DIR, name)):
         return False
+    from pyroute2 import netns as _pr_netns  # imported when used: it costs a CLI start 0.1 s
+
     _pr_netns.remove(name)
     return True
 
@@ -1156,6 +1158,8 @@ class Lab:
         v6 = os.path.exists("/proc/sys/net/ipv6")
         deadline = time.monotonic() + self.timeout
         for name in self.namespaces:
+            from pyroute2 import netns as _pr_netns
+
             _pr_netns.create(name)
             self._created.append(name)
 
@@ -1189,6 +1193,8 @@ class Lab:
         try:
             for name, ns in self._ns.items():
                 with in_netns(ns):
+                    from pyroute2 import IPRoute
+
                     iprs[name] = IPRoute()
                 iprs[name].link("set", index=1, state="up")
             self._build_fabric(iprs, v6)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
+import orjson
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
@@ -189,7 +190,16 @@ def _parse_text(text: str, json_hint: bool) -> list[Any]:
 
 
 def _parse_json_stream(text: str) -> list[Any]:
-    """Parse one or more whitespace-separated JSON values."""
+    """Parse one or more whitespace-separated JSON values.
+
+    One value (what ``kubectl -o json`` prints) is read with orjson, about twice
+    as fast; anything orjson refuses (several values, NaN, huge integers, bad
+    JSON) is read again by the json module, whose errors name line and column.
+    """
+    try:
+        return [orjson.loads(text)]
+    except orjson.JSONDecodeError:
+        pass
     decoder = json.JSONDecoder()
     values: list[Any] = []
     position = 0

@@ -7,16 +7,23 @@ with a further ``__ip/port`` part for endpoints.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 from functools import lru_cache
 
 NFT_MAX_BASE = 240  # 256 name length limit minus a prefix budget, as kube-proxy does
 
 
+# base32 of every 10-bit value: two characters (base64.b32encode is pure Python, and names
+# are hashed for every endpoint of a cluster)
+_B32_PAIRS = tuple(a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+
+
 def _b32(text: str, chars: int = 16) -> str:
     """The first ``chars`` characters of base32(sha256(text)) (a multiple of 8: whole 5-byte groups)."""
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()[: chars * 5 // 8]).decode()
+    nbytes = chars * 5 // 8
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:nbytes], "big")
+    pairs = _B32_PAIRS
+    return "".join([pairs[(value >> shift) & 0x3FF] for shift in range(nbytes * 8 - 10, -1, -10)])
 
 
 @lru_cache(maxsize=None)
