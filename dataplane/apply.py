@@ -20,7 +20,7 @@ from .model import Cluster
 from .plan import Family, Mode
 
 STATE_DIR = "/run/kube-dataplane"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: per-Service fragments in the record
 
 
 def apply_compiled(ns: str, result: CompileResult) -> None:

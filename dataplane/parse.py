@@ -1612,10 +1612,19 @@ class _ClusterBuilder:
         taken: dict[str, set[str]] = {}
         for es in self.slices:
             taken.setdefault(es.namespace, set()).add(es.name)
+        services = {(s.namespace, s.name): s for s in self.services}
         mirrored: list[EndpointSlice] = []
         for endpoints in self.endpoints:
+            key = (endpoints.namespace, endpoints.name)
+            svc = services.get(key)
             reason = mirror_skip_reason(endpoints)
-            if reason is None and (endpoints.namespace, endpoints.name) in services_with_slices:
+            # the controller mirrors only the Endpoints of an existing Service without a selector
+            if reason is None and svc is None:
+                reason = f"the input has no Service {endpoints.namespace}/{endpoints.name}"
+            elif reason is None and svc.selector is not None:
+                reason = (f"Service {endpoints.namespace}/{endpoints.name} has a selector (the EndpointSlice "
+                          "controller makes its slices from Pods)")
+            elif reason is None and key in services_with_slices:
                 reason = f"the input has EndpointSlices for Service {endpoints.namespace}/{endpoints.name}"
             if reason is not None:
                 self.warnings.append(f"{endpoints.ref.where()}: not mirrored to EndpointSlices: {reason}")

@@ -554,7 +554,7 @@ def plan_service(svc: Service, slices: Sequence[EndpointSlice], ctx: NodeContext
     why = should_skip_service(svc)
     if why == "no clusterIP":
         warnings.append(f"{svc.ref.where()}: spec.clusterIP: not set, so the Service gets no rules "
-                        "(kube-proxy skips it); `dataplane compile --allocate` fills it in as the API server would")
+                        "(kube-proxy skips it); `--allocate` fills it in as the API server would")
     if why:
         return (), tuple(warnings)
     plans = []
@@ -613,4 +613,29 @@ def build_plan(
         plans, w = plan_service(svc, index.get(svc.key, ()), ctx)
         services.extend(plans)
         warnings.extend(w)
+    warnings.extend(frontend_conflicts(services))
     return assemble(ctx, services, warnings)
+
+
+def frontend_conflicts(services: Iterable[ServicePortPlan]) -> list[str]:
+    """Warnings for frontends (IP, protocol, port; or NodePort) that two Services claim.
+
+    The API server keeps ClusterIPs and NodePorts unique but not external IPs (nor
+    load-balancer IPs that a controller wrote twice). kube-proxy's iptables rules then
+    send such packets to the first Service in rule order; both backends do the same
+    (the nftables maps keep the first element)."""
+    seen: dict[tuple, str] = {}
+    out: list[str] = []
+    for p in services:
+        owner = f"{p.namespace}/{p.name}"
+        proto = p.protocol.upper()
+        claims = [(("ip", ip, p.protocol, p.port), f"{ip}:{p.port}/{proto}")
+                  for ip in (p.cluster_ip, *p.external_ips, *p.load_balancer_ips) if ip]
+        if p.node_port:
+            claims.append((("nodePort", p.protocol, p.node_port), f"nodePort {p.node_port}/{proto}"))
+        for key, text in claims:
+            first = seen.setdefault(key, owner)
+            if first != owner:
+                out.append(f"Service {owner}: {text} is also a frontend of Service {first}; "
+                           f"its packets go to {first} (the first in namespace/name order)")
+    return out

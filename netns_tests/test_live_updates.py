@@ -233,6 +233,35 @@ def test_churn_under_load_loses_nothing(make_lab, backend):
         s.close()
     for e in echo:
         e.close()
+    # 200 partial updates left the kernel exactly where one full rewrite puts it
+    after_updates = kernel_state(lab.ns("node1"), backend)
+    assert proxier.sync(full=True).kind == "full"
+    assert kernel_state(lab.ns("node1"), backend) == after_updates
+
+
+def kernel_state(ns: str, backend: str) -> dict:
+    """The kube-proxy rules of ``ns``, independent of creation order, handles and counters:
+    iptables: chain -> its rules in order; nftables: chain -> rules, set/map -> sorted elements."""
+    if backend == "iptables":
+        chains: dict = {}
+        for line in run_in(ns, ["iptables-save", "-t", "nat"]).stdout.splitlines():
+            if line.startswith(":KUBE-"):
+                chains.setdefault(line.split()[0][1:], [])
+            elif line.startswith("-A "):
+                chains.setdefault(line.split()[1], []).append(line)
+        return chains
+    data = json.loads(run_in(ns, ["nft", "-j", "list", "table", "ip", "kube-proxy"]).stdout)
+    state: dict = {}
+    for item in data["nftables"]:
+        ((kind, body),) = item.items()
+        if kind == "chain":
+            state.setdefault(("chain", body["name"]), [])
+        elif kind == "rule":
+            state.setdefault(("chain", body["chain"]), []).append(json.dumps(body["expr"], sort_keys=True))
+        elif kind in ("set", "map"):
+            elements = sorted(json.dumps(e, sort_keys=True) for e in body.get("elem", []))
+            state[(kind, body["name"])] = elements
+    return state
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -53,6 +53,15 @@ def endpoints_obj(name: str = "ext", **body: Any) -> dict:
     return obj
 
 
+def service_obj(name: str = "ext", selector: Any = None) -> dict:
+    """A Service (without a selector unless given) for Endpoints of the same name to belong to."""
+    spec: dict = {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53,
+                                                                                       "protocol": "UDP"}]}
+    if selector is not None:
+        spec["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"}, "spec": spec}
+
+
 # ------------------------------------------------------------ endpoints_to_slices
 
 
@@ -177,7 +186,7 @@ def test_parsed_endpoints_are_mirrored_after_input_slices():
         "metadata": {"name": "ext-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "other"}},
         "addressType": "IPv4", "endpoints": [],
     }
-    result = parse(obj, other_slice)
+    result = parse(obj, other_slice, service_obj())
     names = [(s.name, s.service_name) for s in result.cluster.endpoint_slices]
     assert names == [("ext-1", "other"), ("ext-2", "ext"), ("ext-3", "ext")]
     v4, v6 = result.cluster.endpoint_slices[1:]
@@ -195,7 +204,7 @@ def test_endpoints_are_not_mirrored_when_the_input_has_slices_for_the_service():
         "metadata": {"name": "ext-abcde", "namespace": "shop", "labels": {"kubernetes.io/service-name": "ext"}},
         "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.1"]}],
     }
-    result = parse(endpoints_obj(), managed_slice)
+    result = parse(endpoints_obj(), managed_slice, service_obj())
     assert [s.name for s in result.cluster.endpoint_slices] == ["ext-abcde"]
     assert result.warnings == (
         "ep.yaml: document 1: Endpoints shop/ext: not mirrored to EndpointSlices: "
@@ -216,9 +225,23 @@ def test_skip_mirror_label_and_leader_locks_are_honoured():
     ]
 
 
+def test_only_endpoints_of_an_existing_service_without_selector_are_mirrored():
+    # the mirroring controller leaves alone the Endpoints of a missing Service, and those of a
+    # Service with a selector (the EndpointSlice controller makes its slices from Pods)
+    result = parse(endpoints_obj(name="orphan"), endpoints_obj(name="web"), service_obj("web", {"app": "web"}),
+                   endpoints_obj(name="ext"), service_obj("ext"))
+    assert [s.service_name for s in result.cluster.endpoint_slices] == ["ext"]
+    assert result.warnings == (
+        "ep.yaml: document 1: Endpoints shop/orphan: not mirrored to EndpointSlices: the input has no Service "
+        "shop/orphan",
+        "ep.yaml: document 2: Endpoints shop/web: not mirrored to EndpointSlices: Service shop/web has a selector "
+        "(the EndpointSlice controller makes its slices from Pods)",
+    )
+
+
 def test_too_many_addresses_warns():
     ips = [{"ip": f"10.1.{i // 256}.{i % 256}"} for i in range(1002)]
-    result = parse(endpoints_obj(subsets=[{"addresses": ips, "ports": [{"port": 80}]}]))
+    result = parse(endpoints_obj(subsets=[{"addresses": ips, "ports": [{"port": 80}]}]), service_obj())
     assert len(result.cluster.endpoint_slices[0].endpoints) == 1000
     assert result.warnings == (
         "ep.yaml: document 1: Endpoints shop/ext: 2 addresses not mirrored: "

@@ -227,3 +227,24 @@ def test_both_policies_local_still_short_circuit_to_cluster_endpoints():
                           external_traffic_policy="Local")], [s]))
     assert p.uses_cluster_chain and addrs(p.cluster_endpoints) == ["10.1.0.1:8080", "10.1.0.2:8080"]
     assert p.internal_chain == "local" and ExternalStep("pod", "cluster") in p.external_steps
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_a_frontend_two_services_claim_goes_to_the_first(mode):
+    """The API server does not keep externalIPs unique: two Services may claim 203.0.113.7:80.
+    kube-proxy's iptables rules send the packets to the first; nft maps cannot hold the key
+    twice, so the nftables backend keeps the first element (and the table still loads)."""
+    from dataplane.compiler import render
+    from dataplane.trace import Packet, trace
+
+    a = svc("a", cluster_ips=("172.30.0.1",), external_ips=("203.0.113.7",))
+    b = svc("b", cluster_ips=("172.30.0.2",), external_ips=("203.0.113.7",))
+    plan = plan_of([b, a], [slice_(ep("10.1.0.1"), name="a-1", svc_name="a"),
+                            slice_(ep("10.1.0.2"), name="b-1", svc_name="b")], mode=mode)
+    assert plan.warnings == ("Service ns/b: 203.0.113.7:80/TCP is also a frontend of Service ns/a; its packets go to "
+                             "ns/a (the first in namespace/name order)",)
+    text = render(plan)
+    if mode == "nftables":
+        assert text.count("203.0.113.7 . tcp . 80 :") == 1
+    result = trace(text, mode, Packet("192.0.2.50", "203.0.113.7", 80, "tcp"), local_ips=plan.node_ips)
+    assert dict(result.endpoints) == {"10.1.0.1:8080": 1.0}

@@ -270,11 +270,13 @@ def render_full(plan: NodePlan, frags: Sequence[ServiceFragment]) -> str:
     addr = "ip6" if plan.family == "ipv6" else "ip"
     maps: dict[str, list[Element]] = {m: [] for m in MAPS}
     cluster_ips: set[str] = set()
+    keys: set[tuple[str, str]] = set()
     for f in frags:
         for e in f.elements:
             if e.map == "cluster-ips":
                 cluster_ips.add(e.key)
-            else:
+            elif (e.map, e.key) not in keys:  # a frontend two Services claim: the first keeps it
+                keys.add((e.map, e.key))
                 maps[e.map].append(e)
     if plan.nodeports.match_all:
         loopback = "::1" if plan.family == "ipv6" else "127.0.0.0/8"
