@@ -20,9 +20,13 @@ _B32_PAIRS = tuple(a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "A
 
 def _b32(text: str, chars: int = 16) -> str:
     """The first ``chars`` characters of base32(sha256(text)) (a multiple of 8: whole 5-byte groups)."""
-    nbytes = chars * 5 // 8
-    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:nbytes], "big")
+    digest = hashlib.sha256(text.encode()).digest()
     pairs = _B32_PAIRS
+    if chars == 8:  # nftables names: one 5-byte group
+        v = int.from_bytes(digest[:5], "big")
+        return pairs[v >> 30] + pairs[(v >> 20) & 0x3FF] + pairs[(v >> 10) & 0x3FF] + pairs[v & 0x3FF]
+    nbytes = chars * 5 // 8
+    value = int.from_bytes(digest[:nbytes], "big")
     return "".join([pairs[(value >> shift) & 0x3FF] for shift in range(nbytes * 8 - 10, -1, -10)])
 
 

@@ -11,8 +11,10 @@ names, match options, probabilities); ``templates/iptables.j2`` lays the text ou
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from functools import lru_cache
+from typing import NamedTuple, Optional, Sequence
 
 from ..naming import iptables_endpoint_chain, iptables_service_hash
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
@@ -51,13 +53,17 @@ SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KU
 _NO_QUOTE = frozenset("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+_UNQUOTED = re.compile(r"[-\w]+", re.ASCII).fullmatch  # exactly the characters of _NO_QUOTE
+
+
 def quote(text: str) -> str:
     """Quote a string the way iptables-save does (only when it holds other characters)."""
-    if text and all(c in _NO_QUOTE for c in text):
+    if _UNQUOTED(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") + '"'
 
 
+@lru_cache(maxsize=4096)
 def probability(n: int) -> str:
     """``1/n`` as iptables-save prints it after kube-proxy wrote it with ``%0.10f``.
 
@@ -76,9 +82,8 @@ class Jump:
     chain: str
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointView:
-    """One endpoint chain (``KUBE-SEP-…``)."""
+class EndpointView(NamedTuple):
+    """One endpoint chain (``KUBE-SEP-…``); a tuple, so that templates unpack it without lookups."""
 
     chain: str
     address: str  # DNAT target

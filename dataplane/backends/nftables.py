@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import ipaddress
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 from ..naming import nft_endpoint_base, nft_service_base
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
@@ -38,8 +38,9 @@ def table_family(plan_family: str) -> str:
     return "ip6" if plan_family == "ipv6" else "ip"
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointView:
+class EndpointView(NamedTuple):
+    """An endpoint as the template needs it (a tuple: templates unpack it without attribute lookups)."""
+
     chain: str
     affinity_set: str
     ip: str
