@@ -12,27 +12,51 @@ The public API::
 do on that node); ``render`` turns a plan into rules text; ``apply_compiled``
 loads a result into a network namespace.
 """
-from .apply import apply_compiled
-from .compiler import CompileResult, compile_rules, render
-from .errors import ApplyError, DataplaneError, InputError, Problem, UsageError
-from .model import (
-    Cluster,
-    Endpoint,
-    EndpointConditions,
-    EndpointPort,
-    EndpointSlice,
-    LoadBalancerIngress,
-    Node,
-    NodeAddress,
-    Pod,
-    ProxyConfig,
-    Service,
-    ServicePort,
-)
-from .parse import ParseResult, load_cluster, parse_cluster
-from .plan import NodePlan, PlanEndpoint, ServicePortPlan, build_plan
-from .proxier import NetnsRunner, Proxier, RecordingRunner, SyncResult
-from .trace import Packet, TraceResult, trace
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# name -> the module that defines it; imported on first use, so that a command
+# (or an embedding proxy) pays only for what it uses
+_EXPORTS = {
+    "apply_compiled": "apply",
+    "CompileResult": "compiler", "compile_rules": "compiler", "render": "compiler",
+    "ApplyError": "errors", "DataplaneError": "errors", "InputError": "errors", "Problem": "errors",
+    "UsageError": "errors",
+    "Cluster": "model", "Endpoint": "model", "EndpointConditions": "model", "EndpointPort": "model",
+    "EndpointSlice": "model", "LoadBalancerIngress": "model", "Node": "model", "NodeAddress": "model",
+    "Pod": "model", "ProxyConfig": "model", "Service": "model", "ServicePort": "model",
+    "ParseResult": "parse", "load_cluster": "parse", "parse_cluster": "parse",
+    "NodePlan": "plan", "PlanEndpoint": "plan", "ServicePortPlan": "plan", "build_plan": "plan",
+    "NetnsRunner": "proxier", "Proxier": "proxier", "RecordingRunner": "proxier", "SyncResult": "proxier",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .apply import apply_compiled
+    from .compiler import CompileResult, compile_rules, render
+    from .errors import ApplyError, DataplaneError, InputError, Problem, UsageError
+    from .model import (Cluster, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+                        LoadBalancerIngress, Node, NodeAddress, Pod, ProxyConfig, Service, ServicePort)
+    from .parse import ParseResult, load_cluster, parse_cluster
+    from .plan import NodePlan, PlanEndpoint, ServicePortPlan, build_plan
+    from .proxier import NetnsRunner, Proxier, RecordingRunner, SyncResult
+
+# Imported now: the function ``trace`` must shadow the subpackage of the same name,
+# which importing any ``dataplane.trace.*`` module would otherwise bind here.
+from .trace import Packet, TraceResult, trace  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dataplane' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "ApplyError", "Cluster", "CompileResult", "DataplaneError", "Endpoint", "EndpointConditions",

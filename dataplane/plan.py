@@ -325,6 +325,7 @@ def collect_endpoints(
                 ready=c.ready,
                 serving=c.serving,
                 terminating=c.terminating,
+                address=f"[{ip}]:{number}" if ":" in ip else f"{ip}:{number}",
             )
             old = found.get(pe.address)
             if old is None or (pe.ready and not old[0].ready):
