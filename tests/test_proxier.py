@@ -142,3 +142,26 @@ def test_plan_changes_only_for_dirty_services():
     second = p.plan()
     changed = [a for a, b in zip(first.services, second.services) if a is not b]
     assert len(changed) == 1 and changed[0].name == "s10"
+
+
+def test_a_shared_external_ip_stays_with_the_first_service_across_partial_syncs():
+    """Two Services claim 203.0.113.7:80 (the API server allows it): a full render keeps the first
+    Service's element; partial syncs that rewrite the first Service must not hand it to the second."""
+    a = dataclasses.replace(svc("a", "10.96.0.1"), external_ips=("203.0.113.7",))
+    b = dataclasses.replace(svc("b", "10.96.0.2"), external_ips=("203.0.113.7",))
+    c = Cluster(services=(a, b), endpoint_slices=(eps("a", "10.244.1.1"), eps("b", "10.244.1.2")),
+                nodes=(NODE,), proxy_config=CONFIG)
+    p = Proxier("n1", mode="nftables", cluster=c)
+    full = p.sync().text
+    first = [ln.strip() for ln in full.splitlines() if "203.0.113.7 . tcp . 80" in ln]
+    assert len(first) == 1 and "ns/a/" in first[0], first
+    for n in range(3):  # the first Service changes again and again
+        p.set_endpoint_slice(eps("a", f"10.244.1.{10 + n}"))
+        r = p.sync()
+        assert r.kind == "partial"
+        assert "203.0.113.7" not in r.text, r.text  # its element never moves
+    p.delete_service("ns", "a")  # now the second Service takes the address
+    r = p.sync()
+    assert "delete element ip kube-proxy service-ips { 203.0.113.7 . tcp . 80 }" in r.text
+    assert any(ln.startswith("add element ip kube-proxy service-ips { 203.0.113.7 . tcp . 80") and "ns/b/" in ln
+               for ln in r.text.splitlines()), r.text

@@ -11,7 +11,7 @@ laid out by ``templates/nftables.j2``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import ipaddress
 from typing import Iterable, NamedTuple, Optional, Sequence
 
@@ -162,32 +162,39 @@ class Element:
     key: str
     verdict: Optional[str]
     comment: Optional[str] = None
+    # (namespace, name) of its Service: when two Services claim a key, the first keeps it
+    owner: tuple[str, str] = field(default=("", ""), compare=False)
 
 
 def _elements(v: ServiceView) -> tuple[Element, ...]:
     """The map and set elements of one service port, from its plan decisions."""
     p, proto = v.plan, v.proto
-    out = [Element("cluster-ips", p.cluster_ip, None)]
+    owner = (p.namespace, p.name)
+
+    def el(map_: str, key: str, verdict: Optional[str], comment: Optional[str] = None) -> Element:
+        return Element(map_, key, verdict, comment, owner)
+
+    out = [el("cluster-ips", p.cluster_ip, None)]
     if v.internal_verdict:
-        out.append(Element("service-ips", f"{p.cluster_ip} . {proto} . {p.port}", v.internal_verdict))
+        out.append(el("service-ips", f"{p.cluster_ip} . {proto} . {p.port}", v.internal_verdict))
     elif p.internal_filter:
-        out.append(Element("no-endpoint-services", f"{p.cluster_ip} . {proto} . {p.port}",
-                           _filter_verdict(p.internal_filter), v.spn))
+        out.append(el("no-endpoint-services", f"{p.cluster_ip} . {proto} . {p.port}",
+                      _filter_verdict(p.internal_filter), v.spn))
     for ip in p.external_ips + p.load_balancer_ips:
         if p.external_forward:
-            out.append(Element("service-ips", f"{ip} . {proto} . {p.port}", f"goto {v.external_chain}"))
+            out.append(el("service-ips", f"{ip} . {proto} . {p.port}", f"goto {v.external_chain}"))
         if p.external_filter:
-            out.append(Element("no-endpoint-services", f"{ip} . {proto} . {p.port}",
-                               _filter_verdict(p.external_filter), v.spn))
+            out.append(el("no-endpoint-services", f"{ip} . {proto} . {p.port}",
+                          _filter_verdict(p.external_filter), v.spn))
     if p.firewall:
         for ip in p.load_balancer_ips:
-            out.append(Element("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {v.firewall_chain}"))
+            out.append(el("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {v.firewall_chain}"))
     if p.node_port:
         if p.external_forward:
-            out.append(Element("service-nodeports", f"{proto} . {p.node_port}", f"goto {v.external_chain}"))
+            out.append(el("service-nodeports", f"{proto} . {p.node_port}", f"goto {v.external_chain}"))
         if p.external_filter:
-            out.append(Element("no-endpoint-nodeports", f"{proto} . {p.node_port}",
-                               _filter_verdict(p.external_filter), v.spn))
+            out.append(el("no-endpoint-nodeports", f"{proto} . {p.node_port}",
+                          _filter_verdict(p.external_filter), v.spn))
     return tuple(out)
 
 
@@ -347,9 +354,12 @@ class TableIndex:
                 del self.elements[(e.map, e.key)]
 
     def element(self, key: tuple[str, str]) -> Optional[Element]:
-        """The element the table holds under ``key`` (the first holder's), if any."""
+        """The element the table holds under ``key``: that of the first Service (in namespace/name
+        order, as a full render keeps it) among those holding it, if any."""
         holders = self.elements.get(key)
-        return holders[0] if holders else None
+        if not holders:
+            return None
+        return holders[0] if len(holders) == 1 else min(holders, key=lambda e: e.owner)
 
     def update(self, removed: Sequence[ServiceFragment], added: Sequence[ServiceFragment]) -> "TableDiff":
         """Replace the ``removed`` fragments by the ``added`` ones; what the table must change."""
