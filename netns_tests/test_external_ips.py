@@ -126,3 +126,31 @@ def test_external_ip_local_policy_preserves_the_client_address(env):
                        src=pod_ip("pod1-1", env.family))
         seen.add(r.pod)
     assert seen == {"pod1-2", "pod2-1"}, seen  # p(miss) = 2 * 2^-12
+
+
+@pytest.mark.parametrize("param", BACKEND_FAMILIES, ids=backend_family_id)
+def test_external_ip_two_services_claim_goes_to_the_first(param, make_lab, tmp_path):
+    """The API server does not keep externalIPs unique. Both backends send such packets to the
+    first Service in namespace/name order (kube-proxy's iptables rule order), with a warning;
+    the nftables table still loads (a map cannot hold the key twice)."""
+    backend, family = param
+    lab = make_lab(Topology.simple(nodes=2, pods_per_node=2, clients=1, ipv6=True))
+    for pod in ("pod1-1", "pod2-2"):
+        lab.serve(pod, tcp_ports=(8080,), udp_ports=(5353,))
+    beta = service("beta", 21).replace("externalIPs: [198.51.100.21, '2001:db8:ee::21']",
+                                       "externalIPs: [198.51.100.20, '2001:db8:ee::20']")
+    manifest = write_manifests(
+        tmp_path, proxy_config_yaml(cluster_cidr=DUAL_STACK_CLUSTER_CIDR), nodes_yaml(2, ipv6=True),
+        service("alpha", 20), dual_stack_slices("shop", "alpha", SLICE_PORTS, ["pod1-1"]),
+        beta, dual_stack_slices("shop", "beta", SLICE_PORTS, ["pod2-2"]),
+    )
+    result = compile_and_apply(lab, manifest, backend, family=family)
+    assert len(result.warnings) == 2 and all("also a frontend of Service shop/alpha" in w for w in result.warnings)
+    env = Env(lab, backend, family)
+    eip = env.eip(20)
+    for _ in range(4):
+        assert_reached(lab.tcp_probe("client1", eip, 80), pods={"pod1-1"}, dst_port=8080, vip=(eip, 80))
+    assert_reached(lab.udp_probe("client1", eip, 53), pods={"pod1-1"}, dst_port=5353, vip=(eip, 53))
+    # beta itself still works through its own ClusterIP
+    cip = "fd00:10:96::2:21" if family == "ipv6" else "10.96.2.21"
+    assert_reached(lab.tcp_probe("pod1-1", cip, 80), pods={"pod2-2"}, dst_port=8080, vip=(cip, 80))
