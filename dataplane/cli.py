@@ -11,7 +11,7 @@ import gc
 import os
 import sys
 import tempfile
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from .errors import DataplaneError, InputError
 
@@ -52,6 +52,13 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"), default="ipv4", help="IP family (default ipv4)")
 
 
+def _add_allocate(p: argparse.ArgumentParser) -> None:
+    """``--allocate`` and the allocator's options, for commands that take the input as the API server stores it."""
+    p.add_argument("--allocate", action="store_true",
+                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
+    _add_allocation(p)
+
+
 def _add_allocation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service-cluster-ip-range", default="10.96.0.0/12", metavar="CIDR[,CIDR]",
                    help="ClusterIP range(s), one per family (default 10.96.0.0/12)")
@@ -75,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input(p)
     _add_target(p)
     p.add_argument("-o", "--output", metavar="OUT", help="write the rules to OUT instead of stdout")
-    p.add_argument("--allocate", action="store_true",
-                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
-    _add_allocation(p)
+    _add_allocate(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("allocate", help="fill in ClusterIPs and NodePorts as the API server would",
@@ -110,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
     p.add_argument("--full", action="store_true", help="rewrite everything instead of sending only the difference")
-    p.add_argument("--allocate", action="store_true",
-                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
-    _add_allocation(p)
+    _add_allocate(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("cleanup", help="remove every rule kube-dataplane installed in a namespace",
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _warn(messages: Sequence[str]) -> None:
+def _warn(messages: Iterable[str]) -> None:
     for m in messages:
         print(f"warning: {m}", file=sys.stderr)
 

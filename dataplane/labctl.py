@@ -47,7 +47,7 @@ from .errors import DataplaneError
 from .lab import FABRIC, ClientSpec, Lab, NodeSpec, PodSpec, Server, Topology
 from .model import Cluster, Node
 from .netns import NETNS_DIR
-from .plan import Family, Mode, NodePlan
+from .plan import Family, Mode, NodePlan, family_of
 
 __all__ = [
     "LABS_DIR",
@@ -113,7 +113,7 @@ class LabNode:
 
     def address(self, family: str) -> Optional[str]:
         """The node's lab address of ``family`` ("ipv4"/"ipv6"), if it has one."""
-        return next((a for a in self.addresses if _family(a) == family), None)
+        return next((a for a in self.addresses if family_of(a) == family), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,7 @@ class LabPod:
 
     def address(self, family: str) -> Optional[str]:
         """The pod's address of ``family``, if it has one."""
-        return next((a for a in self.addresses if _family(a) == family), None)
+        return next((a for a in self.addresses if family_of(a) == family), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +144,7 @@ class LabClient:
 
     def sources(self, family: str) -> tuple[str, ...]:
         """Every source address of ``family`` it can send from, primary first."""
-        return tuple(a for a in self.addresses if _family(a) == family)
+        return tuple(a for a in self.addresses if family_of(a) == family)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +171,10 @@ class Layout:
         return next(c for c in self.clients if c.role == role)
 
 
-def _family(ip: str) -> Family:
-    return "ipv6" if ":" in ip else "ipv4"
-
 
 def families_in_use(cluster: Cluster) -> tuple[Family, ...]:
     """The IP families of the Services' ClusterIPs (IPv4 when there are none)."""
-    found = {_family(ip) for s in cluster.services for ip in s.cluster_ips if ip and ip != "None"}
+    found = {family_of(ip) for s in cluster.services for ip in s.cluster_ips if ip and ip != "None"}
     return tuple(f for f in ("ipv4", "ipv6") if f in found) or ("ipv4",)
 
 
@@ -301,11 +298,11 @@ def _frontends(cluster: Cluster, families: Sequence[Family]) -> tuple[list[IPAdd
     outside: list[IPAddr] = []
     for s in cluster.services:
         for ip in s.cluster_ips:
-            if ip and ip != "None" and _family(ip) in families:
+            if ip and ip != "None" and family_of(ip) in families:
                 cluster_ips.append(ipaddress.ip_address(ip))
         lbs = [i.ip for i in s.load_balancer_ingress if i.ip] if s.type == "LoadBalancer" else []
         for ip in [*s.external_ips, *lbs]:
-            if _family(ip) in families and ipaddress.ip_address(ip) not in outside:
+            if family_of(ip) in families and ipaddress.ip_address(ip) not in outside:
                 outside.append(ipaddress.ip_address(ip))
     return cluster_ips, outside
 
@@ -317,7 +314,7 @@ def _source_ranges(cluster: Cluster, families: Sequence[Family]) -> list[list[IP
         if s.type != "LoadBalancer" or not any(i.ip for i in s.load_balancer_ingress):
             continue
         for fam in families:
-            nets = [ipaddress.ip_network(r, strict=False) for r in s.load_balancer_source_ranges if _family(r) == fam]
+            nets = [ipaddress.ip_network(r, strict=False) for r in s.load_balancer_source_ranges if family_of(r) == fam]
             if nets and nets not in out:
                 out.append(nets)
     return out
@@ -333,7 +330,7 @@ def _collect_pods(cluster: Cluster, families: Sequence[Family], node_names: set[
     by_ref: dict[str, _Draft] = {}
     host: dict[str, set[tuple[str, int]]] = {}
     for pod in cluster.pods:
-        ips = [ipaddress.ip_address(ip) for ip in pod.pod_ips if _family(ip) in families]
+        ips = [ipaddress.ip_address(ip) for ip in pod.pod_ips if family_of(ip) in families]
         if not ips or pod.phase in ("Succeeded", "Failed"):
             continue
         ref = f"{pod.namespace}/{pod.name}"
@@ -784,7 +781,7 @@ class ClusterLab:
             for a in client.aliases:
                 if ":" in a:
                     self._wait_local_route(client.member, a)
-            routes = [f"route replace {a} via {client.sources(_family(a))[0]}" for a in client.aliases
+            routes = [f"route replace {a} via {client.sources(family_of(a))[0]}" for a in client.aliases
                       if not any(ipaddress.ip_address(a) in u for u in underlays)]
             if routes:
                 for node in self.layout.nodes:
@@ -1254,7 +1251,7 @@ EXAMPLES = {
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``lab up`` and ``lab down`` on the ``dataplane`` subcommand parser."""
-    from .cli import _add_allocation, _add_input
+    from .cli import _add_allocate, _add_input
 
     lab = sub.add_parser("lab", help="build a whole cluster from manifests in network namespaces",
                          description="Build (up) or remove (down) a lab: every Node, endpoint Pod and two "
@@ -1271,9 +1268,7 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         epilog=EXAMPLES["up"], formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_input(p)
     _add_lab_options(p)
-    p.add_argument("--allocate", action="store_true",
-                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
-    _add_allocation(p)
+    _add_allocate(p)
     p.add_argument("--name", default=DEFAULT_LAB_NAME, metavar="LAB",
                    help=f"lab name, prefix of its namespaces (default {DEFAULT_LAB_NAME})")
     p.set_defaults(func=cmd_lab_up)
@@ -1295,7 +1290,7 @@ def _add_lab_options(p: argparse.ArgumentParser) -> None:
 def load_input(args: argparse.Namespace) -> tuple[Cluster, tuple[Family, ...]]:
     """The cluster the arguments describe (allocated and with derived EndpointSlices, warnings
     printed) and the families to build."""
-    from .cli import _allocate
+    from .cli import _allocate, _warn
     from .controllers.endpointslices import with_derived_slices
     from .parse import load_cluster
 
@@ -1309,10 +1304,6 @@ def load_input(args: argparse.Namespace) -> tuple[Cluster, tuple[Family, ...]]:
     return cluster, families  # type: ignore[return-value]
 
 
-def _warn(messages: Iterable[str]) -> None:
-    for m in messages:
-        print(f"warning: {m}", file=sys.stderr)
-
 
 def _raise_exit(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
@@ -1320,6 +1311,8 @@ def _raise_exit(signum: int, _frame: Any) -> None:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     """``dataplane lab up``: build, print the summary, leave it running."""
+    from .cli import _warn
+
     cluster, families = load_input(args)
     previous = signal.signal(signal.SIGTERM, _raise_exit)  # a killed `up` cleans up after itself
     try:

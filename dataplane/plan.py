@@ -178,9 +178,9 @@ def _ip_sort_key(ip: str) -> tuple[int, int]:
     return (addr.version, int(addr))
 
 
-def _family_of(ip: str) -> Family:
-    """Family of an IP literal. Model IPs are validated and canonical (see dataplane.model),
-    so a ':' means IPv6."""
+def family_of(ip: str) -> Family:
+    """Family of an IP literal or CIDR. Model IPs are validated and canonical (see
+    dataplane.model), so a ':' means IPv6."""
     return "ipv6" if ":" in ip else "ipv4"
 
 
@@ -232,7 +232,7 @@ def _node_ips(node: Node, family: Family) -> tuple[str, ...]:
     ordered += [a.address for a in node.addresses if a.type == "ExternalIP"]
     out: list[str] = []
     for ip in ordered:
-        if _family_of(ip) == family and ip not in out:
+        if family_of(ip) == family and ip not in out:
             out.append(ip)
     return tuple(out)
 
@@ -311,7 +311,7 @@ def collect_endpoints(
             if not ep.addresses:
                 continue
             ip = ep.addresses[0]
-            if _family_of(ip) != family:
+            if family_of(ip) != family:
                 warnings.append(
                     f"{s.ref.where() if s.ref.source != '<memory>' else 'EndpointSlice ' + s.namespace + '/' + s.name}: "
                     f"skipping endpoint {ip}: not an {_ADDRESS_TYPE[family]} address"
@@ -378,7 +378,7 @@ def _in_family(values: Iterable[str], family: Family, what: str, svc: Service, w
                other_family_expected: bool, is_cidr: bool = False) -> tuple[str, ...]:
     out = []
     for v in values:
-        fam = _cidr_family(v) if is_cidr else _family_of(v)
+        fam = _cidr_family(v) if is_cidr else family_of(v)
         if fam == family:
             out.append(v)
         elif not other_family_expected:
@@ -402,10 +402,10 @@ def plan_service_port(
     warnings: list[str],
 ) -> Optional[ServicePortPlan]:
     """Plan one service port on one node, or None if it gets no rules in this family."""
-    cluster_ip = next((ip for ip in svc.cluster_ips if _family_of(ip) == family), None)
+    cluster_ip = next((ip for ip in svc.cluster_ips if family_of(ip) == family), None)
     if cluster_ip is None:
         return None
-    families = {_family_of(ip) for ip in svc.cluster_ips}
+    families = {family_of(ip) for ip in svc.cluster_ips}
     dual = len(families) > 1
     external_ips = _in_family(svc.external_ips, family, "spec.externalIPs", svc, warnings, dual)
     lb_ips = _in_family(

@@ -608,7 +608,7 @@ exit status: 0 when every flow agrees with the plan and the tracer, 1 on any mis
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``verify`` on the ``dataplane`` subcommand parser."""
-    from .cli import _add_allocation, _add_input
+    from .cli import _add_allocate, _add_input
     from .labctl import _add_lab_options
 
     p = sub.add_parser(
@@ -621,9 +621,7 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_input(p)
     _add_lab_options(p)
-    p.add_argument("--allocate", action="store_true",
-                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
-    _add_allocation(p)
+    _add_allocate(p)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"how long a probe waits for an answer (default {DEFAULT_TIMEOUT})")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
@@ -636,7 +634,8 @@ def _use_color(stream: TextIO) -> bool:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``dataplane verify``: exit 0 when every flow agrees, 1 otherwise."""
-    from .labctl import _raise_exit, _warn, load_input
+    from .cli import _warn
+    from .labctl import _raise_exit, load_input
 
     if args.timeout <= 0:
         raise LabError("--timeout must be positive")

@@ -11,6 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import DataplaneError, InputError, UsageError
+from ..plan import family_of
 from . import Packet, TraceResult, trace
 
 EXAMPLES = """examples:
@@ -61,10 +62,6 @@ def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> a
     return p
 
 
-def _family_of(address: str) -> str:
-    return "ipv6" if ":" in address else "ipv4"
-
-
 def _read_rules(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
@@ -98,7 +95,7 @@ def _warn(messages: Sequence[str]) -> None:
 
 def run_trace(args: argparse.Namespace) -> TraceResult:
     """Build the packet and the rules the arguments describe, and trace it."""
-    family = args.ip_family or _family_of(args.dst)
+    family = args.ip_family or family_of(args.dst)
     packet = Packet(src=args.src, dst=args.dst, dport=args.dport, proto=args.proto, from_node=args.from_node,
                     in_interface=args.in_interface, family=family)
     node_ips: tuple[str, ...] = ()
