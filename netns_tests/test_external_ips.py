@@ -9,9 +9,13 @@ family per test.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dataplane.lab import Topology
+from dataplane.parse import load_cluster
+from dataplane.proxier import NetnsRunner, Proxier
 from svc_lab import (
     BACKEND_FAMILIES,
     DUAL_STACK_CLUSTER_CIDR,
@@ -154,3 +158,18 @@ def test_external_ip_two_services_claim_goes_to_the_first(param, make_lab, tmp_p
     # beta itself still works through its own ClusterIP
     cip = "fd00:10:96::2:21" if family == "ipv6" else "10.96.2.21"
     assert_reached(lab.tcp_probe("pod1-1", cip, 80), pods={"pod2-2"}, dst_port=8080, vip=(cip, 80))
+
+    # Live updates keep it with alpha: a Proxier takes over the node, alpha's endpoint moves to
+    # pod1-2 in a partial sync (alpha's rules rewritten, beta's untouched), and the address still
+    # leads to alpha's (new) endpoint
+    lab.serve("pod1-2", tcp_ports=(8080,), udp_ports=(5353,))
+    cluster = load_cluster([str(manifest)]).cluster
+    proxier = Proxier("node1", mode=backend, family=family, cluster=cluster, runner=NetnsRunner(lab.ns("node1")))
+    assert proxier.sync(full=True).kind == "full"
+    for es in cluster.endpoint_slices:
+        if es.service_name == "alpha":
+            moved = dataclasses.replace(es.endpoints[0], addresses=(pod_ip("pod1-2", es.address_type.lower()),))
+            proxier.set_endpoint_slice(dataclasses.replace(es, endpoints=(moved,)))
+    assert proxier.sync().kind == "partial"
+    for _ in range(4):
+        assert_reached(lab.tcp_probe("client1", eip, 80), pods={"pod1-2"}, dst_port=8080, vip=(eip, 80))

@@ -28,8 +28,8 @@ HERE = Path(__file__).parent
 CASES = HERE / "cases"
 BACKENDS = ("iptables", "nftables")
 
-# Inline cases for policies the golden cases do not cover.
-POLICIES = """\
+# node-a (192.0.2.11) in cluster CIDR 10.244.0.0/16: the start of the inline cases
+NODE_A = """\
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clusterCIDR: 10.244.0.0/16
@@ -39,6 +39,10 @@ kind: Node
 metadata: {name: node-a}
 status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
 ---
+"""
+
+# Inline cases for policies the golden cases do not cover.
+POLICIES = NODE_A + """\
 apiVersion: v1
 kind: Service
 metadata: {name: etp-remote, namespace: pol}
@@ -103,16 +107,7 @@ endpoints:
 - {addresses: [10.244.2.70], nodeName: node-b}
 """
 
-BOTH_LOCAL = """\
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clusterCIDR: 10.244.0.0/16
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
----
+BOTH_LOCAL = NODE_A + """\
 apiVersion: v1
 kind: Service
 metadata: {name: both, namespace: pol}
@@ -133,16 +128,9 @@ endpoints:
 - {addresses: [10.244.2.80], nodeName: node-b}
 """
 
-LARGE = """\
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clusterCIDR: 10.244.0.0/16
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
----
+def large_case(count: int) -> str:
+    """A ClusterIP Service with ``count`` endpoints (and session affinity) on node-a."""
+    return NODE_A + """\
 apiVersion: v1
 kind: Service
 metadata: {name: large, namespace: big}
@@ -157,9 +145,10 @@ metadata: {name: large-1, namespace: big, labels: {kubernetes.io/service-name: l
 addressType: IPv4
 ports: [{port: 80, protocol: TCP}]
 endpoints:
-""" + "".join(f"- {{addresses: [10.244.3.{i}]}}\n" for i in range(1, 41))
+""" + "".join(f"- {{addresses: [10.244.3.{i}]}}\n" for i in range(1, count + 1))
 
-INLINE = {"policies": POLICIES, "interface": INTERFACE_DETECTOR, "both-local": BOTH_LOCAL, "large": LARGE}
+
+INLINE = {"policies": POLICIES, "interface": INTERFACE_DETECTOR, "both-local": BOTH_LOCAL}
 
 
 # ------------------------------------------------------------------- helpers
@@ -514,10 +503,8 @@ def test_itp_and_etp_local_together(backend: str, inline_dir: Path) -> None:
 def test_equal_chance_for_every_endpoint_in_both_nft_forms(backend: str, count: int, inline_dir: Path) -> None:
     """Up to CASCADE_MAX endpoints nftables picks with a rule cascade, above with one numgen vmap;
     iptables always cascades. Every form gives each endpoint 1/N."""
-    text = (inline_dir / "large.yaml").read_text()
-    kept = "".join(f"- {{addresses: [10.244.3.{i}]}}\n" for i in range(1, count + 1))
     case = f"large-{count}"
-    (inline_dir / f"{case}.yaml").write_text(text.split("endpoints:\n")[0] + "endpoints:\n" + kept)
+    (inline_dir / f"{case}.yaml").write_text(large_case(count))
     rules, _ = compiled(case, backend, directory=inline_dir)
     if backend == "nftables":
         assert (f"numgen random mod {count} vmap" in rules) is (count > CASCADE_MAX)
