@@ -13,6 +13,7 @@ every problem is reported at once.
 """
 from __future__ import annotations
 
+import codecs
 import gc
 import json
 import operator
@@ -21,7 +22,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
+from typing import Any, Callable, Iterator, Optional, Sequence, TextIO, Union
 
 import orjson
 import yaml
@@ -108,27 +109,48 @@ def _read_documents(paths: Sequence[str], stdin: Optional[TextIO]) -> tuple[list
             stdin_used = True
         source = STDIN_NAME if path == "-" else path
         try:
-            text = _read_text(path, stdin)
+            data = _read_data(path, stdin)
+            value = _one_json_value(data)
+            if value is _NOT_ONE_VALUE:
+                text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
         except OSError as err:
             problems.append(_file_problem(source, f"cannot read: {err.strerror or err}"))
             continue
         except UnicodeDecodeError as err:
             problems.append(_file_problem(source, f"cannot read: not UTF-8 text ({err.reason} at byte {err.start})"))
             continue
-        file_docs, file_problems = documents_from_text(text, source, json_hint=path.endswith(".json"))
+        if value is _NOT_ONE_VALUE:
+            file_docs, file_problems = documents_from_text(text, source, json_hint=path.endswith(".json"))
+        else:
+            file_docs, file_problems = _documents([value], source)
         documents.extend(file_docs)
         problems.extend(file_problems)
     return documents, problems
 
 
-def _read_text(path: str, stdin: Optional[TextIO]) -> str:
-    """The text of ``path``, or of standard input for ``-``."""
+def _read_data(path: str, stdin: Optional[TextIO]) -> Union[bytes, str]:
+    """The bytes of ``path``, or what standard input gives for ``-`` (text or bytes)."""
     if path == "-":
         stream = stdin if stdin is not None else sys.stdin
-        data = stream.read()
-        return data.decode("utf-8-sig") if isinstance(data, bytes) else data
+        return stream.read()
     with open(path, "rb") as handle:
-        return handle.read().decode("utf-8-sig")
+        return handle.read()
+
+
+_NOT_ONE_VALUE = object()
+_STARTS_LIKE_JSON = re.compile(rb"\s*[{\[]").match
+
+
+def _one_json_value(data: Union[bytes, str]) -> Any:
+    """The value of file bytes holding exactly one JSON value (what ``kubectl -o json`` prints),
+    read by orjson straight from the bytes; _NOT_ONE_VALUE for anything else, which is then
+    read from the decoded text (several values, YAML, errors to report, text from stdin)."""
+    if not isinstance(data, bytes) or not _STARTS_LIKE_JSON(data):
+        return _NOT_ONE_VALUE
+    try:
+        return orjson.loads(data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data)
+    except orjson.JSONDecodeError:
+        return _NOT_ONE_VALUE
 
 
 def _file_problem(source: str, message: str) -> Problem:
@@ -152,6 +174,11 @@ def documents_from_text(
         raw_docs = _parse_text(text, json_hint)
     except _ParseFailure as err:
         return [], [_file_problem(source, str(err))]
+    return _documents(raw_docs, source)
+
+
+def _documents(raw_docs: list[Any], source: str) -> tuple[list[Document], list[Problem]]:
+    """The documents of one file's parsed values (Lists flattened) and their document-level problems."""
     documents: list[Document] = []
     problems: list[Problem] = []
     position = 0
@@ -286,22 +313,30 @@ class _NotPlain(Exception):
 # on anything else: comments, anchors, tags, flow collections, multi-line or
 # escaped scalars, merge keys, timestamps, non-ASCII text, odd indentation,
 # errors. A None sends the text through PyYAML as before.
+#
+# A cluster dump repeats most of its lines verbatim, and most other lines differ
+# from one another only in their value, so each distinct line is read once into
+# a token (_simple_tokens), then the documents are built from the tokens by
+# their columns (_simple_documents).
 
-_NOT_SIMPLE_TEXT = re.compile(r"[^\n\x20-\x7e]").search  # only printable ASCII and newlines
 _PLAIN_INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
-_SEQ, _MAP, _SCALAR, _DOC = range(4)
-_NO_VALUE = object()  # "key:" with nothing after it on the line
-_EMPTY_MAP = object()
-_EMPTY_SEQ = object()
+
+# A line is read into one token, (kind, column, key, value). A "- " is a _DASH
+# token whose value is the token of the rest of its line: the item's start, an
+# _ITEM scalar, another dash or a mapping entry. Kinds from _ENTRY on are
+# mapping entries: "key: scalar", "key: {}"/"key: []", "key:" alone.
+_DOC, _DASH, _ITEM, _NEW_ITEM, _ENTRY, _NEW_ENTRY, _OPEN_ENTRY = range(7)
+_DOC_TOKEN = (_DOC, -1, None, None)  # column -1: ends every collection
+_NEW_COLLECTIONS = {"{}": dict, "[]": list}  # built afresh at each occurrence
 
 
 class _NotSimple(Exception):
-    pass
+    """The text is not plain block YAML as the fast reader knows it: PyYAML reads it."""
 
 
 def _parse_simple_yaml(text: str) -> Optional[list[Any]]:
     """The documents of ``text`` if it is plain block YAML (see above), else None."""
-    if _NOT_SIMPLE_TEXT(text):
+    if not text.isascii():  # constant time; control characters are refused line by line
         return None
     try:
         return _simple_documents(_simple_tokens(text))
@@ -309,39 +344,58 @@ def _parse_simple_yaml(text: str) -> Optional[list[Any]]:
         return None
 
 
+class _Memo(dict):
+    """A dict that fills in a missing key with ``function(key)``, and keeps it."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[Any], Any]):
+        super().__init__()
+        self.function = function
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self.function(key)
+        return value
+
+
 def _simple_scalars() -> Callable[[str], Any]:
     """One-line scalar text (after ``key: `` or ``- ``, or a key) -> value, as PyYAML builds it.
 
-    Raises _NotSimple for what the fast reader leaves to PyYAML. Plain scalars
-    are resolved with PyYAML's own implicit resolvers and safe constructors.
+    Raises _NotSimple for what the fast reader leaves to PyYAML (``{}`` and
+    ``[]`` included: the caller builds those). Plain scalars are resolved with
+    PyYAML's own implicit resolvers and safe constructors.
     """
     table = _YAML_LOADER.yaml_implicit_resolvers
     wildcard = table.get(None, [])
-    implicit = {first: resolvers + wildcard for first, resolvers in table.items() if first is not None}
+    resolving = {  # first character -> (resolvers to try in order, one regex matching where any does)
+        first: (resolvers + wildcard, _any_match(resolvers + wildcard))
+        for first, resolvers in table.items() if first is not None
+    }
+    default = (wildcard, _any_match(wildcard))
     constructor = yaml.constructor.SafeConstructor()
 
-    def scalar(text: str) -> Any:
+    def convert(text: str) -> Any:
+        """The value of one scalar's text (not empty, no surrounding spaces)."""
         first = text[0]
-        if first == "'":
-            inner = text[1:-1]
-            if len(text) < 2 or text[-1] != "'" or "'" in inner.replace("''", ""):
+        if first in _PLAIN_INDICATORS:
+            if first == "'":
+                inner = text[1:-1]
+                if len(text) < 2 or text[-1] != "'" or "'" in inner.replace("''", ""):
+                    raise _NotSimple(text)
+                return inner.replace("''", "'")
+            if first == '"':
+                inner = text[1:-1]
+                if len(text) < 2 or text[-1] != '"' or '"' in inner or "\\" in inner:
+                    raise _NotSimple(text)
+                return inner
+            if first != "-" or not text[1:2].isdigit():
                 raise _NotSimple(text)
-            return inner.replace("''", "'")
-        if first == '"':
-            inner = text[1:-1]
-            if len(text) < 2 or text[-1] != '"' or '"' in inner or "\\" in inner:
-                raise _NotSimple(text)
-            return inner
-        if text == "{}":
-            return _EMPTY_MAP
-        if text == "[]":
-            return _EMPTY_SEQ
-        if (
-            (first in _PLAIN_INDICATORS and not (first == "-" and text[1:2].isdigit()))
-            or ": " in text or " #" in text or text[-1] == ":"
-        ):
+        if ": " in text or " #" in text or text[-1] == ":":
             raise _NotSimple(text)
-        for tag, regexp in implicit.get(first, wildcard):
+        resolvers, any_matches = resolving.get(first, default)
+        if not resolvers or (any_matches is not None and any_matches(text) is None):
+            return text  # a str, found without trying each resolver
+        for tag, regexp in resolvers:
             if regexp.match(text):
                 break
         else:
@@ -351,128 +405,205 @@ def _simple_scalars() -> Callable[[str], Any]:
             raise _NotSimple(tag)
         return build(constructor, ScalarNode(tag, text))
 
-    return scalar
+    return convert
+
+
+def _any_match(resolvers: list[tuple[str, re.Pattern]]) -> Optional[Callable[[str], Any]]:
+    """``match`` of one regex that matches where any of ``resolvers``' regexes does,
+    or None when there are none or they do not combine (different flags, groups,
+    a bad pattern)."""
+    if len({regexp.flags for _, regexp in resolvers}) != 1 or any(regexp.groups for _, regexp in resolvers):
+        return None
+    flags = resolvers[0][1].flags
+    end = "\n)" if flags & re.VERBOSE else ")"  # a comment in a verbose pattern ends at a newline
+    try:
+        return re.compile("|".join("(?:" + regexp.pattern + end for _, regexp in resolvers), flags).match
+    except re.error:
+        return None
 
 
 def _simple_tokens(text: str) -> list[tuple]:
-    """One token per document start, ``- `` and ``key:``/scalar, with its column."""
-    uncached = _simple_scalars()
-    cache: dict[str, Any] = {}  # scalar text -> value: keys and many values repeat endlessly
-    miss = cache  # a sentinel no value can be
+    """The token of every non-blank line of ``text``, in order (see :func:`_simple_line_reader`).
 
-    def scalar(text: str) -> Any:
-        value = cache[text] = uncached(text)
-        return value
+    Each distinct line is read once: in a cluster dump most lines repeat.
+    """
+    token_of = _Memo(_simple_line_reader())
+    return list(filter(None, map(token_of.__getitem__, text.split("\n"))))
 
-    tokens: list[tuple] = []
-    append = tokens.append
-    for line in text.split("\n"):
-        stripped = line.lstrip(" ")
-        if not stripped:
-            continue
-        col = len(line) - len(stripped)
-        if col == 0 and stripped[:3] in ("---", "..."):
-            if stripped != "---":
+
+def _simple_line_reader() -> Callable[[str], Optional[tuple]]:
+    """One line (no newline) -> its token (see above), None for a blank line.
+    Raises _NotSimple for any line the fast reader leaves to PyYAML.
+
+    Lines that differ only in their value (``uid: ...``, ``- 10.0.0.7``) are
+    common; their shared part is read once.
+    """
+    scalar = _simple_scalars()  # not memoised: repeated lines are read once anyway
+
+    def item(text: str, col: int) -> tuple:
+        """The token of a sequence item written on its dash's line."""
+        new = _NEW_COLLECTIONS.get(text)
+        if new is not None:
+            return (_NEW_ITEM, col, None, new)
+        return (_ITEM, col, None, scalar(text))
+
+    def entry(key: Any, rest: str, col: int) -> tuple:
+        """The token of ``key:`` followed by ``rest`` (stripped) on its line."""
+        if not rest:
+            return (_OPEN_ENTRY, col, key, None)
+        new = _NEW_COLLECTIONS.get(rest)
+        if new is not None:
+            return (_NEW_ENTRY, col, key, new)
+        return (_ENTRY, col, key, scalar(rest))
+
+    def content(text: str, col: int, after_dash: bool) -> tuple:
+        """The token of a line's text after its indentation and dashes (no trailing spaces)."""
+        first = text[0]
+        if first == "'" or first == '"':
+            end = text.find(first + ":", 1)
+            if end < 0 or text[end + 2:end + 3] not in (" ", ""):
+                if not after_dash:
+                    raise _NotSimple(text)
+                return item(text, col)
+            key_text = text[:end + 1]
+            rest = text[end + 2:].lstrip(" ")
+        else:
+            colon = text.find(": ")
+            if colon < 0:
+                if text[-1] != ":":
+                    if not after_dash:
+                        raise _NotSimple(text)
+                    return item(text, col)
+                colon = len(text) - 1
+            key_text = text[:colon]
+            if not key_text or key_text[-1] == " " or len(key_text) > 1000:
+                raise _NotSimple(text)
+            rest = text[colon + 2:].lstrip(" ")
+        return entry(scalar(key_text), rest, col)
+
+    def whole(line: str) -> Optional[tuple]:
+        """The token of a printable line, read from its start."""
+        text = line.strip(" ")
+        if not text:
+            return None
+        col = line.index(text[0])
+        if col == 0 and text[:3] in ("---", "..."):
+            if text != "---":
                 raise _NotSimple(line)
-            append((_DOC, 0))
-            continue
-        after_dash = False
-        while stripped[0] == "-" and (stripped[1:2] == " " or len(stripped) == 1):
-            rest = stripped[1:].lstrip(" ")
+            return _DOC_TOKEN
+        dash_cols = []
+        while text[0] == "-" and text[1:2] in (" ", ""):
+            rest = text[1:].lstrip(" ")
             if not rest:
                 raise _NotSimple(line)  # "-" alone: the item is on the next lines
-            append((_SEQ, col))
-            col += len(stripped) - len(rest)
-            stripped = rest
-            after_dash = True
-        if stripped[-1] == " ":
-            stripped = stripped.rstrip(" ")
-        first = stripped[0]
-        if first == "#":
+            dash_cols.append(col)
+            col += len(text) - len(rest)
+            text = rest
+        if text[0] == "#":
             raise _NotSimple(line)
-        if first == "'" or first == '"':
-            end = stripped.find(first + ":", 1)
-            if end < 0 or stripped[end + 2:end + 3] not in (" ", ""):
-                if not after_dash:
-                    raise _NotSimple(line)
-                append((_SCALAR, col, scalar(stripped)))
-                continue
-            key_text = stripped[:end + 1]
-            rest = stripped[end + 2:].lstrip(" ")
-        else:
-            colon = stripped.find(": ")
-            if colon < 0:
-                if stripped[-1] != ":":
-                    if not after_dash:
-                        raise _NotSimple(line)
-                    value = cache.get(stripped, miss)
-                    append((_SCALAR, col, scalar(stripped) if value is miss else value))
-                    continue
-                colon = len(stripped) - 1
-            key_text = stripped[:colon]
-            if not key_text or key_text[-1] == " " or len(key_text) > 1000:
-                raise _NotSimple(line)
-            rest = stripped[colon + 2:]
-            if rest[:1] == " ":
-                rest = rest.lstrip(" ")
-        key = cache.get(key_text, miss)
-        if key is miss:
-            key = scalar(key_text)
-        if key is _EMPTY_MAP or key is _EMPTY_SEQ:
+        return _dashed(dash_cols, content(text, col, bool(dash_cols)))
+
+    def entry_head(head: str) -> Optional[tuple]:
+        """(dash columns, column, key) that ``head + ": value"`` starts with.
+
+        Read from ``head + ":"``: when that is a ``key:`` line, its key ends
+        where ``head`` does, so any ``head + ": " + value`` reads the same up to
+        the value. None (read such lines whole) otherwise.
+        """
+        try:
+            token = whole(head + ":")
+        except _NotSimple:
+            return None
+        dash_cols = []
+        while token[0] == _DASH:
+            dash_cols.append(token[1])
+            token = token[3]
+        if token[0] != _OPEN_ENTRY:
+            return None
+        return dash_cols, token[1], token[2]
+
+    heads = _Memo(entry_head)  # text before a line's first ": " -> entry_head(text)
+
+    def read(line: str) -> Optional[tuple]:
+        """The token of ``line``: a ``key: value`` or ``- scalar`` line from its known parts, else whole."""
+        if not line.isprintable():  # for ASCII: no tab, CR or other control character
             raise _NotSimple(line)
-        if rest:
-            value = cache.get(rest, miss)
-            append((_MAP, col, key, scalar(rest) if value is miss else value))
-        else:
-            append((_MAP, col, key, _NO_VALUE))
-    return tokens
+        head, colon, value = line.partition(": ")
+        if colon:
+            known = heads[head]
+            if known is None:
+                return whole(line)
+            dash_cols, col, key = known
+            token = entry(key, value.strip(" "), col)
+            return _dashed(dash_cols, token) if dash_cols else token
+        text = line.lstrip(" ")
+        if text[:2] == "- " and text[2:3] not in (" ", "-") and text[-1] not in (" ", ":"):
+            col = len(line) - len(text)  # "- scalar", as whole() would read it
+            return (_DASH, col, None, item(text[2:], col + 2))
+        return whole(line)
+
+    return read
+
+
+def _dashed(dash_cols: list[int], token: tuple) -> tuple:
+    """The token of a line whose dashes (at ``dash_cols``) are followed by ``token``."""
+    for col in reversed(dash_cols):
+        token = (_DASH, col, None, token)
+    return token
 
 
 def _simple_documents(tokens: list[tuple]) -> list[Any]:
-    """Documents from :func:`_simple_tokens`, or _NotSimple for any structure PyYAML would read otherwise."""
+    """Documents from :func:`_simple_tokens`, or _NotSimple for any structure PyYAML would read otherwise.
+
+    A line is a document start, a dash or a mapping entry, so every node is
+    a sequence (at a dash) or a mapping (at an entry), or an item scalar right
+    after its dash. Reading a dash replaces it in ``tokens`` by the rest of its
+    line, where the item's node starts.
+    """
     count = len(tokens)
 
-    def value(v: Any) -> Any:
-        if v is _EMPTY_MAP:
-            return {}
-        if v is _EMPTY_SEQ:
-            return []
-        return v
-
-    def node(i: int) -> tuple[Any, int]:
-        kind = tokens[i][0]
-        if kind == _SEQ:
-            return sequence(i, tokens[i][1])
-        if kind == _MAP:
-            return mapping(i, tokens[i][1])
-        if kind == _SCALAR:
-            return value(tokens[i][2]), i + 1
-        raise _NotSimple("document start")
-
     def sequence(i: int, col: int) -> tuple[list, int]:
-        items = []
-        while i < count and tokens[i][0] == _SEQ and tokens[i][1] == col:
-            item, i = node(i + 1)  # the item starts on the same line
-            items.append(item)
+        """The sequence whose first dash is tokens[i], at column ``col``; and the index after it."""
+        items: list[Any] = []
+        while i < count:
+            kind, dash_col, _, rest = tokens[i]
+            if kind != _DASH or dash_col != col:
+                break
+            kind, item_col, _, value = rest
+            if kind == _ITEM:
+                items.append(value)
+                i += 1
+            elif kind == _NEW_ITEM:
+                items.append(value())
+                i += 1
+            else:
+                tokens[i] = rest
+                item, i = (sequence if kind == _DASH else mapping)(i, item_col)
+                items.append(item)
         return items, i
 
     def mapping(i: int, col: int) -> tuple[dict, int]:
+        """The mapping whose first entry is tokens[i], at column ``col``; and the index after it."""
         result: dict[Any, Any] = {}
         while i < count:
-            token = tokens[i]
-            if token[0] != _MAP or token[1] != col:
+            kind, key_col, key, value = tokens[i]
+            if key_col != col or kind < _ENTRY:
                 break
             i += 1
-            v = token[3]
-            if v is not _NO_VALUE:
-                result[token[2]] = value(v)
-                continue
-            if i < count and tokens[i][0] != _DOC and tokens[i][1] > col:
-                result[token[2]], i = node(i)
-            elif i < count and tokens[i][0] == _SEQ and tokens[i][1] == col:
-                result[token[2]], i = sequence(i, col)  # an indentless sequence
-            else:
-                result[token[2]] = None
+            if kind == _ENTRY:
+                result[key] = value
+            elif kind == _NEW_ENTRY:
+                result[key] = value()
+            elif i == count:
+                result[key] = None
+            else:  # "key:" alone: the value is on the next lines, or null
+                kind, next_col, _, _ = tokens[i]
+                if kind == _DASH and next_col >= col:  # at col: an indentless sequence
+                    result[key], i = sequence(i, next_col)
+                elif next_col > col:
+                    result[key], i = mapping(i, next_col)
+                else:
+                    result[key] = None
         return result, i
 
     documents: list[Any] = []
@@ -488,7 +619,8 @@ def _simple_documents(tokens: list[tuple]) -> list[Any]:
         if i >= count:
             documents.append(None)
             break
-        data, i = node(i)
+        kind, col, _, _ = tokens[i]
+        data, i = sequence(i, col) if kind == _DASH else mapping(i, col)
         if i < count and tokens[i][0] != _DOC:
             raise _NotSimple("unexpected indentation")
         documents.append(data)

@@ -322,3 +322,19 @@ def test_yaml_like_text_gives_documents_or_problems(text):
     documents, problems = documents_from_text(text, "fuzz.yaml")
     assert all(isinstance(d.obj, dict) for d in documents)
     assert all(p.source == "fuzz.yaml" for p in problems)
+
+
+def test_json_bytes_with_bom_or_bad_utf8_read_like_text(tmp_path):
+    """One JSON value is read from the file's bytes: a BOM is skipped, bad UTF-8 is still named."""
+    obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf  " + json.dumps(obj).encode())
+    assert [d.obj for d in load_documents([str(path)])] == [obj]
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "caf\xe9"}}')
+    with pytest.raises(InputError) as info:
+        load_documents([str(path)])
+    assert messages(info.value) == [f"{path}: cannot read: not UTF-8 text (invalid continuation byte at byte 62)"]
+    path = tmp_path / "two.json"  # two values: read by the json module, each a document
+    path.write_text(json.dumps(obj) + "\n" + json.dumps({**obj, "metadata": {"name": "n2"}}))
+    assert [d.obj["metadata"]["name"] for d in load_documents([str(path)])] == ["n1", "n2"]

@@ -8,13 +8,14 @@ must agree with it on every input, errors included.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataplane.loader import _load_yaml_all, _parse_simple_yaml
+from dataplane.loader import _any_match, _load_yaml_all, _parse_simple_yaml
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -108,6 +109,20 @@ def test_kubectl_output_is_read_by_the_fast_reader():
     "a: 0755\nb: 1:30\nc: on\nd: ~\ne: .inf\nf: -5\ng: 1_000\nh: 0x1F\ni: 1.5e3\nj: .NaN\nk: NO\n",
     "80: x\ntrue: y\nnull: z\n'80': w\n", "a: x\n\n   \nb: y\n", "k: 'it''s'\nj: \"q\"\n", "a: b c  d   \n",
     "  a: 1\n  b: 2\n", "a: [] \nb: {}\n", "a:\n  b:\n    c: d\n  e: f\n", "a: b\na: c\n",
+    # document start with trailing spaces
+    "a: 1\n--- \nb: 2\n", "---   \n", "--- \n--- \n",
+    # lines that share all but their value (one key, many kinds of value)
+    ("- name: a\n  port: 80\n- name: b\n  port: '80'\n- name: c\n  port: {}\n- name: d\n  port:\n"
+     "- name: e\n  port: []\n- name: f\n  port:\n    x: 1\n- name: g\n  port: \n"),
+    "a:\n  b: 1\nc:\n  b: 2\n  d:\n  - b: 3\n", "- a: 1\n- - a: 2\n  - - a: 3\n",
+    # quoted keys holding ": " (the text before the first ": " is not the key)
+    "'a: b': c\n", "- 'a: b': c\n  'x': 1\n", "\"a: b\": c\n'a': 1\n",
+    # "- scalar" items of every shape, and values that only look like numbers
+    "- x\n-  y\n- z \n- -1\n- 'q'\n- x:\n- {}\n- []\n- \"d\"\n- 0x1F\n- .5\n",
+    ("a: 10.96.0.1\nb: 1.2.3\nc: 1e5x\nd: 0o17\ne: 12:30:45\nf: 0b101\ng: +12\nh: -0.5\ni: 1_2\nj: 0x_1F\n"
+     "k: 123abc\nl: 9.\nm: 1e+5\nn: 190:20:30.15\no: 1.5e3.\n"),
+    "- - - x\n    - y\n  - z\n- - a: 1\n    b: 2\n  - c\n", "-   a: 1\n    b: 2\n-   c\n",
+    "a: 1\n\n  \n     \nb:\n\n  c: 2\n", "a: 'x' \nb: \"y\"  \n",
 ])
 def test_fast_reader_agrees_with_pyyaml(text):
     got = _parse_simple_yaml(text)
@@ -121,6 +136,8 @@ def test_fast_reader_agrees_with_pyyaml(text):
     "a: |\n  text\n", "a: >\n  text\n", "a: 2024-01-01\n", "<<: {a: 1}\n", "a: \"x\\ty\"\n", "a: caf\u00e9\n",
     "a: 1\r\nb: 2\r\n", "a:\tb\n", "--- a\n", "...\n", "a: b: c\n", "a: b\n  c\n", "- a\nb: 1\n", "hello\n",
     "a:\n  - b\n  c: d\n", "? a\n: b\n", "a: 'x\n  y'\n", "-\n  a\n", "a: -\n", "a: :b\n", "a: 'b' c\n",
+    "a: b\x0cc\n", "a: b\x0bc\n", "a: b\x1cc\n", "a: b\x7f\n", "a\x1cb: c\n", "a: b\x85\n", "- a\r\n",
+    "a: 1\n---x\n", "--- # c\n", "... \n", "k: v\n" + "x" * 1001 + ": 1\n", "a: b\n- c\n", "- a\n  b: c\n",
 ])
 def test_fast_reader_leaves_everything_else_to_pyyaml(text):
     assert _parse_simple_yaml(text) is None
@@ -222,3 +239,50 @@ def test_fast_readers_agree_with_pyyaml_on_dumped_documents(docs, indent):
     if fast is not None:
         assert same(fast, expected)
     assert same(_load_yaml_all(text), expected)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_KEYS, _VALUES, _VALUES), min_size=2, max_size=4),
+       st.sampled_from(["- ", "  - ", "-   ", "- - "]))
+def test_fast_reader_reads_lines_differing_only_in_value_like_pyyaml(entries, dash):
+    """Items repeating the same keys with other values: their lines share all but the value."""
+    pad = " " * len(dash)
+    items = "".join(f"{dash}name: {name}\n{pad}{key}: {value}\n" for key, name, value in entries)
+    tops = "".join(f"{key}: {value}\n---\n" for key, _, value in entries)
+    for text in (items, tops, items.replace("\n", "  \n")):
+        fast = _parse_simple_yaml(text)
+        if fast is not None:
+            status, expected = _pyyaml(text)
+            assert status == "ok", f"fast reader accepted what PyYAML rejects: {expected}"
+            assert same(fast, expected)
+
+
+def test_fast_reader_reads_deep_nesting_like_pyyaml_and_leaves_too_deep_to_it():
+    def nested(depth: int) -> str:
+        return "".join("  " * level + "k:\n" for level in range(depth)) + "  " * depth + "k: v\n"
+
+    deep = nested(600)
+    got = _parse_simple_yaml(deep)
+    assert got is not None
+    assert got == _pyyaml(deep)[1]  # only str keys and values: == is exact (and not recursive in Python)
+    too_deep = nested(1100)  # beyond libyaml's 1000 levels: PyYAML refuses it
+    assert _parse_simple_yaml(too_deep) is None
+    assert _ours(too_deep) == _pyyaml(too_deep)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789._:-+eExXoObB aAfFlLnNsStTuUyY~<=Z"), min_size=1, max_size=16))
+def test_combined_resolver_regex_matches_where_any_resolver_does(text):
+    for resolvers in _LOADER.yaml_implicit_resolvers.values():
+        matches = _any_match(resolvers)
+        assert matches is not None
+        assert (matches(text) is not None) == any(regexp.match(text) for _, regexp in resolvers)
+
+
+def test_combined_resolver_regex_keeps_verbose_comments_apart_and_refuses_what_it_cannot_combine():
+    commented = [("t:a", re.compile(r"^a+$  # letters", re.VERBOSE)), ("t:b", re.compile(r"^b$", re.VERBOSE))]
+    matches = _any_match(commented)
+    assert matches is not None and matches("b") and matches("aa") and not matches("ab")
+    assert _any_match([]) is None
+    assert _any_match([("t:a", re.compile("^a$", re.VERBOSE)), ("t:b", re.compile("^b$"))]) is None  # flags differ
+    assert _any_match([("t:a", re.compile("^(a)$"))]) is None  # a group
