@@ -4,22 +4,57 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import pytest
+from dataplane.naming import (NFT_MAX_BASE, _b32_16, iptables_endpoint_chains, iptables_service_hashes,
+                              nft_endpoint_bases, nft_service_bases)
+from dataplane.plan import PlanEndpoint
 
-from dataplane.naming import _b32, iptables_endpoint_chain, iptables_service_hash, nft_endpoint_base
+TEXTS = ["", "a", "ns/svc:http" + "tcp", "x" * 200, "ünïcode/ß"]
 
 
-@pytest.mark.parametrize("text", ["", "a", "ns/svc:http" + "tcp", "x" * 300, "ünïcode/ß"])
-@pytest.mark.parametrize("chars", [8, 16])
-def test_b32_is_base32_of_the_sha256_prefix(text: str, chars: int) -> None:
-    expected = base64.b32encode(hashlib.sha256(text.encode()).digest()[: chars * 5 // 8]).decode()
-    assert _b32(text, chars) == expected
+def _ref(text: str, chars: int) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[: chars * 5 // 8]).decode()
+
+
+def _ep(ip: str, port: int) -> PlanEndpoint:
+    return PlanEndpoint(ip=ip, port=port, is_local=False, ready=True, serving=True, terminating=False)
+
+
+def test_hashes_are_base32_of_the_sha256_prefix() -> None:
+    assert iptables_service_hashes([(t, "TCP") for t in TEXTS]) == [_ref(t + "tcp", 16) for t in TEXTS]
+    assert nft_service_bases([(t, "n", "TCP", "") for t in TEXTS]) == [
+        _ref(f"{t}/n/tcp/", 8) + f"-{t}/n/tcp/" for t in TEXTS]
+    assert iptables_service_hashes([]) == nft_service_bases([]) == []
+
+
+def test_b32_16_encodes_many_texts_at_once() -> None:
+    texts = [f"ns/svc-{i}:http" for i in range(1000)] + TEXTS
+    assert _b32_16(texts, "KUBE-SEP-") == ["KUBE-SEP-" + _ref(t, 16) for t in texts]
+    assert _b32_16(texts) == [_ref(t, 16) for t in texts]
+    assert _b32_16([], "KUBE-SEP-") == []
 
 
 def test_names_use_kube_proxy_inputs() -> None:
-    ref = base64.b32encode(hashlib.sha256(b"shop/web:httptcp").digest()[:10]).decode()
-    assert iptables_service_hash("shop/web:http", "TCP") == ref
-    sep = base64.b32encode(hashlib.sha256(b"shop/web:httptcp10.244.1.10:8080").digest()[:10]).decode()
-    assert iptables_endpoint_chain("shop/web:http", "TCP", "10.244.1.10:8080") == "KUBE-SEP-" + sep
-    nft = base64.b32encode(hashlib.sha256(b"shop/web/tcp/http__fd00..1/80").digest()[:5]).decode()
-    assert nft_endpoint_base("shop", "web", "TCP", "http", "fd00::1", 80) == nft + "-shop/web/tcp/http__fd00..1/80"
+    assert iptables_service_hashes([("shop/web:http", "TCP")]) == [_ref("shop/web:httptcp", 16)]
+    eps = [_ep("10.244.1.10", 8080), _ep("fd00::1", 80)]
+    db = [_ep("10.0.0.1", 53)]
+    assert iptables_endpoint_chains([("shop/web:http", "TCP", eps), ("shop/db", "UDP", db)]) == [
+        "KUBE-SEP-" + _ref("shop/web:httptcp10.244.1.10:8080", 16),
+        "KUBE-SEP-" + _ref("shop/web:httptcp[fd00::1]:80", 16),
+        "KUBE-SEP-" + _ref("shop/dbudp10.0.0.1:53", 16),
+    ]
+    assert nft_service_bases([("shop", "web", "TCP", "http")]) == [_ref("shop/web/tcp/http", 8) + "-shop/web/tcp/http"]
+    assert nft_endpoint_bases([("shop", "web", "TCP", "http", eps), ("shop", "db", "UDP", "", db)]) == [
+        _ref("shop/web/tcp/http__10.244.1.10/8080", 8) + "-shop/web/tcp/http__10.244.1.10/8080",
+        _ref("shop/web/tcp/http__fd00..1/80", 8) + "-shop/web/tcp/http__fd00..1/80",
+        _ref("shop/db/udp/__10.0.0.1/53", 8) + "-shop/db/udp/__10.0.0.1/53",
+    ]
+
+
+def test_long_nft_names_are_cut_to_the_limit() -> None:
+    name = "n" * 210  # "<hash8>-ns/<name>/tcp/__10.0.0.1/80" is exactly NFT_MAX_BASE long
+    fits, cut = nft_endpoint_bases([("ns", name, "tcp", "", [_ep("10.0.0.1", 80), _ep("10.0.0.10", 80)])])
+    text = f"ns/{name}/tcp/__10.0.0.1/80"
+    assert fits == _ref(text, 8) + "-" + text
+    text = f"ns/{name}/tcp/__10.0.0.10/80"
+    assert cut == (_ref(text, 8) + "-" + text)[: NFT_MAX_BASE - 3] + "..."
+    assert len(fits) == len(cut) == NFT_MAX_BASE

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import NamedTuple, Optional, Sequence
+from functools import cached_property, lru_cache
+from typing import Iterable, NamedTuple, Optional, Sequence
 
-from ..naming import iptables_endpoint_chain, iptables_service_hash
+from ..naming import iptables_endpoint_chains, iptables_service_hashes
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
 from ._jinja import template
 
@@ -63,7 +63,6 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") + '"'
 
 
-@lru_cache(maxsize=4096)
 def probability(n: int) -> str:
     """``1/n`` as iptables-save prints it after kube-proxy wrote it with ``%0.10f``.
 
@@ -74,6 +73,13 @@ def probability(n: int) -> str:
     return "%.11f" % (stored / 0x80000000)
 
 
+@lru_cache(maxsize=4096)
+def _probabilities(n: int) -> tuple[str, ...]:
+    """The probability of each random jump of an ``n``-endpoint policy chain: jump i picks its
+    endpoint with probability 1/(n-i); the last endpoint takes what is left (no jump of these)."""
+    return tuple(probability(n - i) for i in range(n - 1))
+
+
 @dataclass(frozen=True, slots=True)
 class Jump:
     builtin: str
@@ -82,25 +88,25 @@ class Jump:
     chain: str
 
 
-class EndpointView(NamedTuple):
-    """One endpoint chain (``KUBE-SEP-…``); a tuple, so that templates unpack it without lookups."""
-
-    chain: str
-    address: str  # DNAT target
-    source: str  # "-s ip/32" for the hairpin rule
-    jump_comment: str  # comment of the policy chain's jump to it ("" in large clusters)
+# One endpoint chain (``KUBE-SEP-…``): (chain, DNAT target address, "-s ip/32" of the hairpin
+# rule, comment of the policy chain's jump to it ("" in large clusters)). A plain tuple, made
+# once per endpoint of the cluster: templates unpack it.
+EndpointView = tuple[str, str, str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyView:
-    """A policy chain (``KUBE-SVC-…`` or ``KUBE-SVL-…``) and its endpoint jumps."""
+class PolicyView(NamedTuple):
+    """A policy chain (``KUBE-SVC-…`` or ``KUBE-SVL-…``) and its endpoint jumps; a tuple, which
+    templates unpack."""
 
     chain: str
     masquerade: Optional[str]  # source match of the ClusterIP masquerade rule ("" = all), or None
-    jumps: tuple[tuple[EndpointView, Optional[str]], ...]  # (endpoint, probability or None)
+    endpoints: tuple[EndpointView, ...]
+    # (endpoint, probability) of all but the last endpoint; an iterator, read once by the template:
+    # no pair per endpoint is kept
+    random_jumps: Iterable[tuple[EndpointView, str]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepView:
     pre: str  # address options (before -p / -m comment)
     post: str  # matches after the comment
@@ -108,12 +114,11 @@ class StepView:
     target: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceView:
     """What the template needs for one service port."""
 
     plan: ServicePortPlan
-    spn: str
     proto: str
     cluster_dst: str
     ext_chain: str
@@ -128,7 +133,7 @@ class ServiceView:
     steps: tuple[StepView, ...]
     endpoints: tuple[EndpointView, ...]
     affinity_mask: str
-    comments: dict[str, str]  # "-m comment --comment … " texts, by use
+    comments: Comments
     internal_filter_target: str  # "REJECT --reject-with …" / "DROP" / ""
     external_filter_target: str
     ep_comment: str  # comment of the endpoint chains' rules ("" in large clusters)
@@ -172,87 +177,174 @@ def _why(spn: str, verdict: Optional[str]) -> str:
     return _comment(spn + (" has no endpoints" if verdict == "reject" else " has no local endpoints"))
 
 
-def _service_view(p: ServicePortPlan, plan: NodePlan, large: bool = False) -> ServiceView:
-    spn = p.spn
-    h = iptables_service_hash(spn, p.protocol)
+class Comments:
+    """The ``-m comment --comment … `` texts of a service port's rules, by use. Each is made when
+    a template first asks for it: most service ports have only a few of these rules."""
+
+    def __init__(self, p: ServicePortPlan, spn: str, fw_chain: str) -> None:
+        self._plan, self._spn, self._fw_chain = p, spn, fw_chain
+
+    @cached_property
+    def cluster_ip(self) -> str:
+        return _comment(self._spn + " cluster IP")
+
+    @cached_property
+    def external_ip(self) -> str:
+        return _comment(self._spn + " external IP")
+
+    @cached_property
+    def lb_ip(self) -> str:
+        return _comment(self._spn + " loadbalancer IP")
+
+    @cached_property
+    def spn(self) -> str:
+        return _comment(self._spn)
+
+    @cached_property
+    def internal_filter(self) -> str:
+        return _why(self._spn, self._plan.internal_filter)
+
+    @cached_property
+    def external_filter(self) -> str:
+        return _why(self._spn, self._plan.external_filter)
+
+    @cached_property
+    def health_check(self) -> str:
+        return _comment(self._spn + " health check node port")
+
+    @cached_property
+    def firewall_drop(self) -> str:
+        return _comment(f"{self._spn} traffic not accepted by {self._fw_chain}")
+
+    @cached_property
+    def firewall_end(self) -> str:
+        return _comment(f"other traffic to {self._spn} will be dropped by KUBE-PROXY-FIREWALL").rstrip()
+
+
+class Names(NamedTuple):
+    """A service port's names: the hash of its chain names, its endpoints (``p.endpoints``) and
+    their views, in that order."""
+
+    hash: str
+    endpoints: tuple[PlanEndpoint, ...]
+    views: tuple[EndpointView, ...]
+
+
+def _names(ports: Sequence[ServicePortPlan], endpoints: Sequence[tuple[PlanEndpoint, ...]],
+           large: bool) -> list[Names]:
+    """The names of each service port, given its ``endpoints`` (``p.endpoints``); those of all
+    ports are hashed in two batches."""
+    spns = [p.spn for p in ports]
+    hashes = iptables_service_hashes([(spn, p.protocol) for spn, p in zip(spns, ports)])
+    chains = iter(iptables_endpoint_chains([(spn, p.protocol, eps)
+                                            for spn, p, eps in zip(spns, ports, endpoints)]))
+    out = []
+    for spn, h, eps in zip(spns, hashes, endpoints):
+        # eps first: zip stops at its end without taking a chain of the next port
+        views = tuple([(chain, e.address, f"-s {e.ip}/128" if ":" in e.ip else f"-s {e.ip}/32",
+                        "" if large else _comment(f"{spn} -> {e.address}")) for e, chain in zip(eps, chains)])
+        out.append(Names(h, eps, views))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What every service port's view takes from the node-level part of the plan."""
+
+    plan: NodePlan
+    large: bool  # a large cluster: no per-endpoint comments
+    masquerade: Optional[str]  # source match of ClusterIP masquerade rules ("" = all), or None
+    reject_with: str
+    affinity_mask: str
+
+
+def _node_view(plan: NodePlan, large: bool) -> NodeView:
+    """The node-level values of ``plan`` (``large``: see :func:`is_large_cluster`)."""
+    masq: Optional[str] = None
+    if plan.cluster_ip_masquerade == "all":
+        masq = ""
+    elif plan.cluster_ip_masquerade == "non-local":
+        masq = _detector_match(plan.local_detector, local=False)
+    if plan.family == "ipv6":
+        return NodeView(plan, large, masq, "icmp6-port-unreachable", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+    return NodeView(plan, large, masq, "icmp-port-unreachable", "255.255.255.255")
+
+
+def _member_views(members: tuple[PlanEndpoint, ...], names: Names) -> tuple[EndpointView, ...]:
+    """The views of ``members``, some of the endpoints of ``names``, in their order."""
+    if members == names.endpoints:  # the usual case: a port with one policy chain
+        return names.views
+    by_address = {e.address: v for e, v in zip(names.endpoints, names.views)}
+    return tuple([by_address[e.address] for e in members])
+
+
+def _policy(chain: str, internal: bool, members: tuple[PlanEndpoint, ...], names: Names,
+            node: NodeView) -> PolicyView:
+    """A policy chain picking one of ``members``; ``internal``: ClusterIP traffic goes to it."""
+    views = _member_views(members, names)
+    random_jumps = zip(views, _probabilities(len(views)))
+    return PolicyView(chain, node.masquerade if internal else None, views, random_jumps)
+
+
+def _service_view(p: ServicePortPlan, names: Names, node: NodeView) -> ServiceView:
+    """The view of a service port, given its :func:`_names`."""
+    spn, h = p.spn, names.hash
     svc_chain, svl_chain = f"KUBE-SVC-{h}", f"KUBE-SVL-{h}"
     ext_chain, fw_chain = f"KUBE-EXT-{h}", f"KUBE-FW-{h}"
     chain_of = {"cluster": svc_chain, "local": svl_chain, "masquerade": MARK_MASQ}
 
-    ep_views: dict[str, EndpointView] = {
-        ep.address: EndpointView(
-            chain=iptables_endpoint_chain(spn, p.protocol, ep.address),
-            address=ep.address,
-            source=f"-s {_host(ep.ip)}",
-            jump_comment="" if large else _comment(f"{spn} -> {ep.address}"),
-        )
-        for ep in p.endpoints
-    }
-
-    def policy(chain: str, eps: tuple[PlanEndpoint, ...], internal: bool) -> PolicyView:
-        masq: Optional[str] = None
-        if internal:
-            if plan.cluster_ip_masquerade == "all":
-                masq = ""
-            elif plan.cluster_ip_masquerade == "non-local":
-                masq = _detector_match(plan.local_detector, local=False)
-        n = len(eps)
-        jumps = tuple(
-            (ep_views[ep.address], probability(n - i) if i < n - 1 else None) for i, ep in enumerate(eps)
-        )
-        return PolicyView(chain=chain, masquerade=masq, jumps=jumps)
-
     policies = []
     if p.uses_cluster_chain:
-        policies.append(policy(svc_chain, p.cluster_endpoints, p.internal_chain == "cluster"))
+        policies.append(_policy(svc_chain, p.internal_chain == "cluster", p.cluster_endpoints, names, node))
     if p.uses_local_chain:
-        policies.append(policy(svl_chain, p.local_endpoints, p.internal_chain == "local"))
+        policies.append(_policy(svl_chain, p.internal_chain == "local", p.local_endpoints, names, node))
 
     steps = []
     for s in p.external_steps:
         pre = post = ""
         if s.source == "pod":
-            pre = _detector_match(plan.local_detector, local=True) + " "
+            pre = _detector_match(node.plan.local_detector, local=True) + " "
         elif s.source == "host":
             post = "-m addrtype --src-type LOCAL "
         template_text = _STEP_COMMENTS.get((s.source, s.action))
         steps.append(StepView(pre=pre, post=post, comment=_comment(template_text.format(spn)) if template_text else "",
                               target=chain_of[s.action]))
 
-    ipv6 = plan.family == "ipv6"
-    reject_with = "icmp6-port-unreachable" if ipv6 else "icmp-port-unreachable"
+    lb_ips = tuple(map(_host, p.load_balancer_ips))
     return ServiceView(
         plan=p,
-        spn=spn,
         proto=p.protocol,
         cluster_dst=_host(p.cluster_ip),
         ext_chain=ext_chain,
         fw_chain=fw_chain,
         internal_target=chain_of[p.internal_chain] if p.internal_chain else None,
         lb_target=fw_chain if p.firewall else ext_chain,
-        external_ips=tuple(_host(ip) for ip in p.external_ips),
-        lb_ips=tuple(_host(ip) for ip in p.load_balancer_ips),
+        external_ips=tuple(map(_host, p.external_ips)),
+        lb_ips=lb_ips,
         source_ranges=p.source_ranges,
-        fw_allowed_lb=tuple(_host(ip) for ip in p.load_balancer_ips) if p.firewall_allows_lb_ips else (),
+        fw_allowed_lb=lb_ips if p.firewall_allows_lb_ips else (),
         policies=tuple(policies),
         steps=tuple(steps),
-        endpoints=tuple(ep_views[a] for a in sorted(ep_views)),
-        affinity_mask="ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" if ipv6 else "255.255.255.255",
-        comments={
-            "cluster_ip": _comment(spn + " cluster IP"),
-            "external_ip": _comment(spn + " external IP"),
-            "lb_ip": _comment(spn + " loadbalancer IP"),
-            "spn": _comment(spn),
-            "internal_filter": _why(spn, p.internal_filter),
-            "external_filter": _why(spn, p.external_filter),
-            "health_check": _comment(spn + " health check node port"),
-            "firewall_drop": _comment(f"{spn} traffic not accepted by {fw_chain}"),
-            "firewall_end": _comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL").rstrip(),
-        },
-        internal_filter_target=_filter_target(p.internal_filter, reject_with),
-        external_filter_target=_filter_target(p.external_filter, reject_with),
-        ep_comment="" if large else _comment(spn),
+        endpoints=names.views,
+        affinity_mask=node.affinity_mask,
+        comments=Comments(p, spn, fw_chain),
+        internal_filter_target=_filter_target(p.internal_filter, node.reject_with),
+        external_filter_target=_filter_target(p.external_filter, node.reject_with),
+        ep_comment="" if node.large else _comment(spn),
     )
+
+
+def _own_chains(v: ServiceView) -> list[str]:
+    """The nat chains of a service port, in declaration order."""
+    p = v.plan
+    chains: list[str] = []
+    if p.uses_external_chain:
+        chains.append(v.ext_chain)
+    if p.firewall:
+        chains.append(v.fw_chain)
+    chains += [pol.chain for pol in v.policies]
+    chains += [chain for chain, _, _, _ in v.endpoints]
+    return chains
 
 
 SECTIONS = ("filter_services", "filter_external", "filter_nodeports", "filter_firewall",
@@ -286,17 +378,10 @@ class Renderer:
 
     def render_fragment(self, p: ServicePortPlan, plan: NodePlan, large: bool) -> ServiceFragment:
         """Render one service port's fragment (no caching)."""
-        v = _service_view(p, plan, large)
-        m = self._module
-        sections = tuple(str(getattr(m, name)(v)) for name in SECTIONS)
-        chains: list[str] = []
-        if p.uses_external_chain:
-            chains.append(v.ext_chain)
-        if p.firewall:
-            chains.append(v.fw_chain)
-        chains += [pol.chain for pol in v.policies]
-        chains += [ep.chain for ep in v.endpoints]
-        return ServiceFragment(sections, tuple(chains), str(m.own_chains(v)))
+        v = _service_view(p, _names((p,), (p.endpoints,), large)[0], _node_view(plan, large))
+        m, one = self._module, (v,)
+        sections = tuple([getattr(m, name)(one) for name in SECTIONS])
+        return ServiceFragment(sections, tuple(_own_chains(v)), m.own_chains(v))
 
     def fragment(self, p: ServicePortPlan, plan: NodePlan, large: bool) -> ServiceFragment:
         """One service port's fragment, rendered once per plan and node settings."""
@@ -324,7 +409,12 @@ class Renderer:
 
 def is_large_cluster(plan: NodePlan) -> bool:
     """kube-proxy drops per-endpoint comments above this many endpoints."""
-    return sum(len(p.endpoints) for p in plan.services) > LARGE_CLUSTER_ENDPOINTS
+    return _is_large([p.endpoints for p in plan.services])
+
+
+def _is_large(endpoints: Sequence[tuple[PlanEndpoint, ...]]) -> bool:
+    """:func:`is_large_cluster`, given the ``p.endpoints`` of every service port of the plan."""
+    return sum(map(len, endpoints)) > LARGE_CLUSTER_ENDPOINTS
 
 
 def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[ServiceFragment],
@@ -332,6 +422,15 @@ def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[
     """Lay out a restore file: top-level chains from every fragment in ``frags``, the own
     chains of the fragments in ``own``, deletion of the ``stale`` chains, and (when
     ``jumps``) the jumps from the built-in chains."""
+    columns = list(zip(*[f.sections for f in frags])) or [()] * len(SECTIONS)  # one per section
+    sections = {name: "".join(column) for name, column in zip(SECTIONS, columns)}
+    return _render_file(plan, sections, [c for f in own for c in f.chains], [f.rules for f in own],
+                        stale=stale, jumps=jumps)
+
+
+def _render_file(plan: NodePlan, sections: dict[str, str], own_chains: list[str], own_rules: Sequence[str],
+                 *, stale: Sequence[str], jumps: bool) -> str:
+    """:func:`render_file`, given the text of each of SECTIONS and the own chains and rules."""
     if plan.mode != "iptables":
         raise ValueError(f"plan was built for {plan.mode} mode, not iptables")
     localhost_firewall = plan.nodeports.localhost
@@ -350,13 +449,11 @@ def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[
         nodeport_rules = [(exclude, "-m addrtype --dst-type LOCAL ")]
     else:
         nodeport_rules = [(f"-d {_host(ip)} ", "") for ip in plan.nodeports.ips]
-    columns = list(zip(*[f.sections for f in frags])) or [()] * len(SECTIONS)  # one per section
-    sections = {name: "".join(column) for name, column in zip(SECTIONS, columns)}
     return template("iptables.j2").render(
         plan=plan,
         sections=sections,
-        own_chains=[c for f in own for c in f.chains],
-        own_rules="".join(f.rules for f in own),
+        own_chains=own_chains,
+        own_rules=own_rules,
         stale=list(stale),
         filter_chains=filter_chains,
         nat_chains=list(NAT_CHAINS),
@@ -368,9 +465,35 @@ def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[
     )
 
 
+# What render_ports gives for some service ports: the text of each of SECTIONS, the names of
+# their own chains, and the rules of each one's own chains.
+Part = tuple[list[str], list[str], list[str]]
+
+
+def render_ports(plan: NodePlan, ports: Sequence[ServicePortPlan], large: bool) -> Part:
+    """The rules of ``ports`` (service ports of a plan with the node settings of ``plan``;
+    ``large``: see :func:`is_large_cluster`), to be laid out by :func:`render_parts`."""
+    node = _node_view(plan, large)
+    eps = [p.endpoints for p in ports]
+    views = [_service_view(p, n, node) for p, n in zip(ports, _names(ports, eps, large))]
+    m = template("iptables_service.j2").module
+    return ([str(getattr(m, name)(views)) for name in SECTIONS],
+            [c for v in views for c in _own_chains(v)],
+            [str(m.own_chains(v)) for v in views])
+
+
+def render_parts(plan: NodePlan, parts: Sequence[Part]) -> str:
+    """The complete file from the parts of every service port, in plan order."""
+    sections = {name: "".join(texts[k] for texts, _, _ in parts) for k, name in enumerate(SECTIONS)}
+    own_chains = [c for _, chains, _ in parts for c in chains]
+    own_rules = [r for _, _, rules in parts for r in rules]
+    return _render_file(plan, sections, own_chains, own_rules, stale=(), jumps=True)
+
+
 def render(plan: NodePlan) -> str:
-    """The complete ``iptables-restore --noflush`` (or ``ip6tables-restore``) input for a plan."""
-    r = Renderer()  # one-shot: no cache to fill
-    large = is_large_cluster(plan)
-    frags = [r.render_fragment(p, plan, large) for p in plan.services]
-    return render_file(plan, frags, frags, stale=(), jumps=True)
+    """The complete ``iptables-restore --noflush`` (or ``ip6tables-restore``) input for a plan.
+
+    One-shot: no fragments to keep, so each top-level section is rendered for all service
+    ports in one template call.
+    """
+    return render_parts(plan, [render_ports(plan, plan.services, is_large_cluster(plan))])

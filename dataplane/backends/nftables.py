@@ -12,10 +12,12 @@ laid out by ``templates/nftables.j2``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import ipaddress
+import functools
+import itertools
+from socket import AF_INET, AF_INET6, inet_pton
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-from ..naming import nft_endpoint_base, nft_service_base
+from ..naming import nft_endpoint_bases, nft_service_bases
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
 from ._jinja import template
 
@@ -38,42 +40,49 @@ def table_family(plan_family: str) -> str:
     return "ip6" if plan_family == "ipv6" else "ip"
 
 
-class EndpointView(NamedTuple):
-    """An endpoint as the template needs it (a tuple: templates unpack it without attribute lookups)."""
-
-    chain: str
-    affinity_set: str
-    ip: str
-    target: str  # dnat target "ip:port" / "[ip6]:port"
+# An endpoint as the templates need it: (chain, affinity set, ip, dnat target "ip:port" /
+# "[ip6]:port"). A plain tuple, made once per endpoint of the cluster: templates unpack it.
+EndpointView = tuple[str, str, str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyView:
+class PolicyView(NamedTuple):
+    """A policy chain (``service-…``/``local-…``); a tuple, which templates unpack."""
+
     chain: str
     masquerade: Optional[str]  # extra match of the ClusterIP masquerade rule ("" = all), or None
     endpoints: tuple[EndpointView, ...]
-    cascade: tuple[tuple[str, str], ...]  # (match, endpoint chain) per rule: "numgen random mod K 0 " or ""; () = vmap
+    # (match, endpoint) per rule: match "numgen random mod K 0 " or "" for the last; empty = vmap.
+    # An iterator, read once by the template: no pair per endpoint is kept.
+    cascade: Iterable[tuple[str, EndpointView]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepView:
     match: str  # "" or a match followed by a space
     verdict: str
     comment: Optional[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceView:
     plan: ServicePortPlan
-    spn: str
     proto: str
     external_chain: str
     firewall_chain: str
     internal_verdict: Optional[str]
     policies: tuple[PolicyView, ...]
     steps: tuple[StepView, ...]
-    endpoints: tuple[EndpointView, ...]
+    endpoints: tuple[EndpointView, ...]  # sorted by address
     firewall_sources: str  # "{ a, b }"
+
+
+class Names(NamedTuple):
+    """A service port's names: the base of its chain names, its endpoints (``p.endpoints``) and
+    their views, in that order."""
+
+    base: str
+    endpoints: tuple[PlanEndpoint, ...]
+    views: tuple[EndpointView, ...]
 
 
 def _detector_match(addr: str, d: LocalDetector, local: bool) -> str:
@@ -99,39 +108,77 @@ def _filter_verdict(v: Optional[str]) -> Optional[str]:
     return {"reject": "goto reject-chain", "drop": "drop", None: None}[v]
 
 
-def _service_view(p: ServicePortPlan, plan: NodePlan, addr: str) -> ServiceView:
-    base = nft_service_base(p.namespace, p.name, p.protocol, p.port_name)
+@functools.lru_cache(maxsize=None)
+def _cascade_matches(n: int) -> tuple[str, ...]:
+    """The match of each rule of an ``n``-endpoint cascade: rule i picks its endpoint with
+    probability 1/(n-i) (``""``: the last rule takes what is left)."""
+    return tuple(f"numgen random mod {n - i} 0 " for i in range(n - 1)) + ("",)
+
+
+def _names(ports: Sequence[ServicePortPlan]) -> list[Names]:
+    """The names of each service port; those of all ports are hashed in two batches."""
+    endpoints = [p.endpoints for p in ports]
+    bases = nft_service_bases([(p.namespace, p.name, p.protocol, p.port_name) for p in ports])
+    ep_bases = nft_endpoint_bases([(p.namespace, p.name, p.protocol, p.port_name, eps)
+                                   for p, eps in zip(ports, endpoints)])
+    views = iter([("endpoint-" + b, "affinity-" + b, e.ip, e.address)
+                  for b, e in zip(ep_bases, itertools.chain.from_iterable(endpoints))])
+    return [Names(base, eps, tuple(itertools.islice(views, len(eps)))) for base, eps in zip(bases, endpoints)]
+
+
+def _member_views(members: tuple[PlanEndpoint, ...], names: Names) -> tuple[EndpointView, ...]:
+    """The views of ``members``, some of the endpoints of ``names``, in their order."""
+    if members == names.endpoints:  # the usual case: a port with one policy chain
+        return names.views
+    by_address = {e.address: v for e, v in zip(names.endpoints, names.views)}
+    return tuple([by_address[e.address] for e in members])
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What every service port's view takes from the node-level part of the plan."""
+
+    plan: NodePlan
+    addr: str  # "ip" / "ip6"
+    addr_type: str  # "ipv4_addr" / "ipv6_addr"
+    masquerade: Optional[str]  # extra match of ClusterIP masquerade rules ("" = all), or None
+
+
+def _node_view(plan: NodePlan) -> NodeView:
+    """The node-level values of ``plan``."""
+    addr = "ip6" if plan.family == "ipv6" else "ip"
+    masq: Optional[str] = None
+    if plan.cluster_ip_masquerade == "all":
+        masq = ""
+    elif plan.cluster_ip_masquerade == "non-local":
+        masq = _detector_match(addr, plan.local_detector, local=False) + " "
+    return NodeView(plan, addr, "ipv6_addr" if plan.family == "ipv6" else "ipv4_addr", masq)
+
+
+def _policy(chain: str, internal: bool, members: tuple[PlanEndpoint, ...], names: Names,
+            node: NodeView) -> PolicyView:
+    """A policy chain picking one of ``members``; ``internal``: ClusterIP traffic goes to it."""
+    views = _member_views(members, names)
+    n = len(views)
+    cascade = zip(_cascade_matches(n), views) if n <= CASCADE_MAX else ()
+    return PolicyView(chain, node.masquerade if internal else None, views, cascade)
+
+
+def _service_view(p: ServicePortPlan, names: Names, node: NodeView) -> ServiceView:
+    """The view of a service port, given its :func:`_names`."""
+    base = names.base
     chains = {"cluster": f"service-{base}", "local": f"local-{base}"}
-
-    def ep_view(ep: PlanEndpoint) -> EndpointView:
-        eb = nft_endpoint_base(p.namespace, p.name, p.protocol, p.port_name, ep.ip, ep.port)
-        return EndpointView(chain=f"endpoint-{eb}", affinity_set=f"affinity-{eb}", ip=ep.ip, target=ep.address)
-
-    eps = {ep.address: ep_view(ep) for ep in p.endpoints}
-
-    def policy(kind: str, members: tuple[PlanEndpoint, ...]) -> PolicyView:
-        masq: Optional[str] = None
-        if p.internal_chain == kind:
-            if plan.cluster_ip_masquerade == "all":
-                masq = ""
-            elif plan.cluster_ip_masquerade == "non-local":
-                masq = _detector_match(addr, plan.local_detector, local=False) + " "
-        views = tuple(eps[e.address] for e in members)
-        n = len(views)
-        cascade = tuple((f"numgen random mod {n - i} 0 " if i < n - 1 else "", v.chain)
-                        for i, v in enumerate(views)) if n <= CASCADE_MAX else ()
-        return PolicyView(chain=chains[kind], masquerade=masq, endpoints=views, cascade=cascade)
-
     policies = []
     if p.uses_cluster_chain:
-        policies.append(policy("cluster", p.cluster_endpoints))
+        policies.append(_policy(chains["cluster"], p.internal_chain == "cluster", p.cluster_endpoints,
+                                names, node))
     if p.uses_local_chain:
-        policies.append(policy("local", p.local_endpoints))
+        policies.append(_policy(chains["local"], p.internal_chain == "local", p.local_endpoints, names, node))
 
     steps = []
     for s in p.external_steps:
         if s.source == "pod":
-            match = _detector_match(addr, plan.local_detector, local=True) + " "
+            match = _detector_match(node.addr, node.plan.local_detector, local=True) + " "
         elif s.source == "host":
             match = "fib saddr type local "
         else:
@@ -139,17 +186,16 @@ def _service_view(p: ServicePortPlan, plan: NodePlan, addr: str) -> ServiceView:
         verdict = "jump mark-for-masquerade" if s.action == "masquerade" else f"goto {chains[s.action]}"
         steps.append(StepView(match=match, verdict=verdict, comment=_STEP_COMMENTS.get((s.source, s.action))))
 
-    sources = list(p.source_ranges) + (list(p.load_balancer_ips) if p.firewall_allows_lb_ips else [])
+    sources = p.source_ranges + (p.load_balancer_ips if p.firewall_allows_lb_ips else ())
     return ServiceView(
         plan=p,
-        spn=p.spn,
         proto=p.protocol,
         external_chain=f"external-{base}",
         firewall_chain=f"firewall-{base}",
         internal_verdict=f"goto {chains[p.internal_chain]}" if p.internal_chain else None,
         policies=tuple(policies),
         steps=tuple(steps),
-        endpoints=tuple(eps[a] for a in sorted(eps)),
+        endpoints=names.views,
         firewall_sources="{ " + ", ".join(sources) + " }",
     )
 
@@ -166,36 +212,35 @@ class Element:
     owner: tuple[str, str] = field(default=("", ""), compare=False)
 
 
-def _elements(v: ServiceView) -> tuple[Element, ...]:
+# A map or set element as the table template needs it: (map, key, verdict, comment).
+ElementView = tuple[str, str, Optional[str], Optional[str]]
+
+
+def _elements(v: ServiceView) -> list[ElementView]:
     """The map and set elements of one service port, from its plan decisions."""
     p, proto = v.plan, v.proto
-    owner = (p.namespace, p.name)
-
-    def el(map_: str, key: str, verdict: Optional[str], comment: Optional[str] = None) -> Element:
-        return Element(map_, key, verdict, comment, owner)
-
-    out = [el("cluster-ips", p.cluster_ip, None)]
+    out: list[ElementView] = [("cluster-ips", p.cluster_ip, None, None)]
     if v.internal_verdict:
-        out.append(el("service-ips", f"{p.cluster_ip} . {proto} . {p.port}", v.internal_verdict))
+        out.append(("service-ips", f"{p.cluster_ip} . {proto} . {p.port}", v.internal_verdict, None))
     elif p.internal_filter:
-        out.append(el("no-endpoint-services", f"{p.cluster_ip} . {proto} . {p.port}",
-                      _filter_verdict(p.internal_filter), v.spn))
+        out.append(("no-endpoint-services", f"{p.cluster_ip} . {proto} . {p.port}",
+                    _filter_verdict(p.internal_filter), p.spn))
     for ip in p.external_ips + p.load_balancer_ips:
         if p.external_forward:
-            out.append(el("service-ips", f"{ip} . {proto} . {p.port}", f"goto {v.external_chain}"))
+            out.append(("service-ips", f"{ip} . {proto} . {p.port}", f"goto {v.external_chain}", None))
         if p.external_filter:
-            out.append(el("no-endpoint-services", f"{ip} . {proto} . {p.port}",
-                          _filter_verdict(p.external_filter), v.spn))
+            out.append(("no-endpoint-services", f"{ip} . {proto} . {p.port}",
+                        _filter_verdict(p.external_filter), p.spn))
     if p.firewall:
         for ip in p.load_balancer_ips:
-            out.append(el("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {v.firewall_chain}"))
+            out.append(("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {v.firewall_chain}", None))
     if p.node_port:
         if p.external_forward:
-            out.append(el("service-nodeports", f"{proto} . {p.node_port}", f"goto {v.external_chain}"))
+            out.append(("service-nodeports", f"{proto} . {p.node_port}", f"goto {v.external_chain}", None))
         if p.external_filter:
-            out.append(el("no-endpoint-nodeports", f"{proto} . {p.node_port}",
-                          _filter_verdict(p.external_filter), v.spn))
-    return tuple(out)
+            out.append(("no-endpoint-nodeports", f"{proto} . {p.node_port}",
+                        _filter_verdict(p.external_filter), p.spn))
+    return out
 
 
 # The chains every table has; all others belong to one service port.
@@ -234,18 +279,20 @@ class Renderer:
 
     def render_fragment(self, p: ServicePortPlan, plan: NodePlan) -> ServiceFragment:
         """Render one service port's fragment (no caching)."""
-        addr = "ip6" if plan.family == "ipv6" else "ip"
-        v = _service_view(p, plan, addr)
-        text = str(self._module.service(v, addr, _addr_type(plan)))
+        node = _node_view(plan)
+        v = _service_view(p, _names((p,))[0], node)
+        text = self._module.service(v, node.addr, node.addr_type)
         chains: list[str] = []
         if p.firewall:
             chains.append(v.firewall_chain)
         if p.uses_external_chain:
             chains.append(v.external_chain)
         chains += [pol.chain for pol in v.policies]
-        chains += [ep.chain for ep in v.endpoints]
-        sets = tuple((ep.affinity_set, p.affinity_timeout) for ep in v.endpoints) if p.affinity_timeout else ()
-        return ServiceFragment(text, tuple(chains), sets, _elements(v))
+        chains += [chain for chain, _, _, _ in v.endpoints]
+        sets = tuple((aff, p.affinity_timeout) for _, aff, _, _ in v.endpoints) if p.affinity_timeout else ()
+        owner = (p.namespace, p.name)
+        elements = tuple([Element(m, key, verdict, comment, owner) for m, key, verdict, comment in _elements(v)])
+        return ServiceFragment(text, tuple(chains), sets, elements)
 
     def fragment(self, p: ServicePortPlan, plan: NodePlan) -> ServiceFragment:
         """One service port's fragment, rendered once per plan and node settings."""
@@ -267,25 +314,25 @@ class Renderer:
         return render_full(plan, self.fragments(plan))
 
 
-def _addr_type(plan: NodePlan) -> str:
-    return "ipv6_addr" if plan.family == "ipv6" else "ipv4_addr"
-
-
 def render_full(plan: NodePlan, frags: Sequence[ServiceFragment]) -> str:
     """The script that replaces the whole table in one transaction."""
+    elements = [[(e.map, e.key, e.verdict, e.comment) for e in f.elements] for f in frags]
+    return _render_table(plan, elements, [f.text for f in frags])
+
+
+def _render_table(plan: NodePlan, elements: Iterable[Iterable[ElementView]], own: Sequence[str]) -> str:
+    """The whole table: the map and set ``elements`` of each service port (in plan order), and
+    ``own``, the sets and chains of each, already rendered."""
     if plan.mode != "nftables":
         raise ValueError(f"plan was built for {plan.mode} mode, not nftables")
-    addr = "ip6" if plan.family == "ipv6" else "ip"
-    maps: dict[str, list[Element]] = {m: [] for m in MAPS}
-    cluster_ips: set[str] = set()
-    keys: set[tuple[str, str]] = set()
-    for f in frags:
-        for e in f.elements:
-            if e.map == "cluster-ips":
-                cluster_ips.add(e.key)
-            elif (e.map, e.key) not in keys:  # a frontend two Services claim: the first keeps it
-                keys.add((e.map, e.key))
-                maps[e.map].append(e)
+    node = _node_view(plan)
+    addr = node.addr
+    by_map: dict[str, dict[str, ElementView]] = {m: {} for m in ("cluster-ips", *MAPS)}  # by key
+    for service_elements in elements:
+        for e in service_elements:
+            by_map[e[0]].setdefault(e[1], e)  # a frontend two Services claim: the first keeps it
+    # every ClusterIP is of the plan's family: sorted by its packed bytes, numerically
+    ip_key = functools.partial(inet_pton, AF_INET6 if plan.family == "ipv6" else AF_INET)
     if plan.nodeports.match_all:
         loopback = "::1" if plan.family == "ipv6" else "127.0.0.0/8"
         nodeport_match = f"fib daddr type local {addr} daddr != {loopback}"
@@ -296,18 +343,13 @@ def render_full(plan: NodePlan, frags: Sequence[ServiceFragment]) -> str:
         family=table_family(plan.family),
         table=TABLE,
         addr=addr,
-        addr_type=_addr_type(plan),
-        cluster_ips=sorted(cluster_ips, key=_ip_key),
-        maps=maps,
-        own="".join(f.text for f in frags),
+        addr_type=node.addr_type,
+        cluster_ips=sorted(by_map["cluster-ips"], key=ip_key),
+        maps={m: list(by_map[m].values()) for m in MAPS},
+        own=own,
         nodeport_match=nodeport_match,
         mark="0x%08x" % int(plan.masquerade_mark, 16),
     )
-
-
-def _ip_key(ip: str) -> tuple[int, int]:
-    a = ipaddress.ip_address(ip)
-    return (a.version, int(a))
 
 
 class TableIndex:
@@ -431,7 +473,29 @@ def render_update(plan: NodePlan, old: Sequence[ServiceFragment], new: Sequence[
     return render_diff(plan.family, TableIndex(old).update(removed, added))
 
 
+# What render_ports gives for some service ports: the text of each one's chains and sets, and
+# each one's map elements.
+Part = tuple[list[str], list[tuple]]
+
+
+def render_ports(plan: NodePlan, ports: Sequence[ServicePortPlan]) -> Part:
+    """The chains, sets and map elements of ``ports`` (service ports of a plan with the node
+    settings of ``plan``), to be laid out by :func:`render_parts`."""
+    node = _node_view(plan)
+    service = template("nftables_service.j2").module.service
+    views = [_service_view(p, names, node) for p, names in zip(ports, _names(ports))]
+    return [service(v, node.addr, node.addr_type) for v in views], [_elements(v) for v in views]
+
+
+def render_parts(plan: NodePlan, parts: Sequence[Part]) -> str:
+    """The complete script from the parts of every service port, in plan order."""
+    own = [text for texts, _ in parts for text in texts]
+    return _render_table(plan, [e for _, elements in parts for e in elements], own)
+
+
 def render(plan: NodePlan) -> str:
-    """The complete ``nft -f`` script for a plan: it replaces the table atomically."""
-    r = Renderer()  # one-shot: no cache to fill
-    return render_full(plan, [r.render_fragment(p, plan) for p in plan.services])
+    """The complete ``nft -f`` script for a plan: it replaces the table atomically.
+
+    One-shot: no fragments to keep (their chains and sets are not needed).
+    """
+    return render_parts(plan, [render_ports(plan, plan.services)])
