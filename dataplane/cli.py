@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import os
 import sys
 import tempfile
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, NoReturn, Optional, Sequence
 
 from .errors import DataplaneError, InputError
 
@@ -67,7 +68,29 @@ def _add_allocation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for the random allocation start, for reproducible runs")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands that other modules register: (command names, module, registering function). Their
+# modules (the lab's above all) are imported only for the parser that needs them, so that a
+# compile does not pay for importing them.
+_EXTENSIONS = (
+    (("dns", "env"), ".discovery", "add_commands"),
+    (("trace",), ".trace.cli", "add_command"),
+    (("lab",), ".labctl", "add_commands"),
+    (("verify",), ".verify", "add_commands"),
+)
+_CORE = ("compile", "allocate", "endpoints", "apply", "cleanup", "completion")
+# One-shot commands whose objects need not be freed one by one before the process exits.
+_ONE_SHOT = ("compile", "allocate", "endpoints")
+
+
+def _jobs(text: str) -> int:
+    """``--jobs``: a positive number of processes."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    return int(text)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``dataplane`` parser: every command, or (``command``) the built-in ones and that one."""
     parser = argparse.ArgumentParser(
         prog="dataplane",
         description="Compile Kubernetes Services and EndpointSlices into one node's iptables or nftables rules, "
@@ -82,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input(p)
     _add_target(p)
     p.add_argument("-o", "--output", metavar="OUT", help="write the rules to OUT instead of stdout")
+    p.add_argument("-j", "--jobs", type=_jobs, default=0, metavar="N",
+                   help="processes compiling a large cluster (default: one per CPU)")
     _add_allocate(p)
     p.set_defaults(func=cmd_compile)
 
@@ -125,17 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
     p.set_defaults(func=cmd_cleanup)
 
-    from .discovery import add_commands as add_discovery_commands
-
-    add_discovery_commands(sub)
-    from .trace.cli import add_command as add_trace_command
-
-    add_trace_command(sub)
-    from .labctl import add_commands as add_lab_commands
-    from .verify import add_commands as add_verify_commands
-
-    add_lab_commands(sub)
-    add_verify_commands(sub)
+    for names, module, register in _EXTENSIONS:
+        if command is None or command in names:
+            getattr(importlib.import_module(module, __package__), register)(sub)
 
     p = sub.add_parser("completion", help="print a shell completion script",
                        description="Print a completion script for bash, zsh or tcsh (generated from this parser, "
@@ -151,15 +168,26 @@ def _warn(messages: Iterable[str]) -> None:
         print(f"warning: {m}", file=sys.stderr)
 
 
-def _load_docs(files: Sequence[str]):
-    """Read and validate the input: (documents, cluster)."""
+def _read(files: Sequence[str]):
+    """The input's documents (``-`` is stdin)."""
     from .loader import load_documents
+
+    return load_documents(files, stdin=sys.stdin)
+
+
+def _validate(docs):
+    """The cluster the documents hold, its warnings printed."""
     from .parse import parse_cluster
 
-    docs = load_documents(files, stdin=sys.stdin)
     result = parse_cluster(docs)
     _warn(result.warnings)
-    return docs, result.cluster
+    return result.cluster
+
+
+def _load_docs(files: Sequence[str]):
+    """Read and validate the input: (documents, cluster)."""
+    docs = _read(files)
+    return docs, _validate(docs)
 
 
 def _load(files: Sequence[str]):
@@ -210,16 +238,27 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_rules
-
     from .controllers.endpointslices import with_derived_slices
+    from .parallel import compile_sharded
 
-    cluster = _load(args.files)
+    workers = args.jobs or len(os.sched_getaffinity(0))
+    docs = _read(args.files)
+    if workers > 1 and not args.allocate:
+        sharded = compile_sharded(docs, args.node, mode=args.backend, family=args.ip_family, workers=workers)
+        if sharded is not None:
+            text, warnings = sharded
+            _warn(warnings)
+            _write_output(text, args.output)
+            args.retained = (docs, sharded)  # freed by the exit (see run)
+            return 0
+    cluster = _validate(docs)
     if args.allocate:
         cluster = _allocate(cluster, args).cluster
     cluster = with_derived_slices(cluster)
     result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family)
     _warn(result.warnings)
     _write_output(result.text, args.output)
+    args.retained = (docs, cluster, result)  # freed by the exit (see run)
     return 0
 
 
@@ -234,6 +273,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     _write_output(_dump(fill_documents(docs, result), args.format), args.output)
     if args.state:
         result.state.save(args.state)
+    args.retained = (docs, cluster, result)  # freed by the exit (see run)
     return 0
 
 
@@ -245,6 +285,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     if not slices:
         print("warning: no Service with a selector lacks EndpointSlices; nothing to derive", file=sys.stderr)
     _write_output(_dump(slices_to_manifests(slices), args.format) if slices else "", args.output)
+    args.retained = (cluster, slices)  # freed by the exit (see run)
     return 0
 
 
@@ -284,7 +325,33 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    """Run one ``dataplane`` command line (``sys.argv[1:]`` by default); the exit status."""
+    return _main(argv)[0]
+
+
+def run() -> NoReturn:
+    """The console entry point: :func:`main`, then exit.
+
+    A one-shot command's objects (millions for a large cluster: a tenth of a
+    second to free one by one) are not freed but left to the kernel, as mypy
+    does: the command parks them on its arguments, and the process ends with
+    ``os._exit`` once the output is flushed.
+    """
+    code, args = _main(None)
+    if args is not None and args.command in _ONE_SHOT:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:
+            code = 1
+        os._exit(code)
+    sys.exit(code)
+
+
+def _main(argv: Optional[Sequence[str]]) -> tuple[int, Optional[argparse.Namespace]]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in _CORE else None
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     # One-shot commands build millions of acyclic objects: the cyclic collector would
@@ -293,22 +360,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if collect:
         gc.disable()
     try:
-        return func(args)
+        return func(args), args
     except InputError as e:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return 1
+        return 1, args
     except DataplaneError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 1, args
     except BrokenPipeError:
-        return 1
+        return 1, args
     except KeyboardInterrupt:
-        return 130
+        return 130, args
     finally:
         if collect:
             gc.enable()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

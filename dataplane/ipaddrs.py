@@ -27,7 +27,8 @@ _DIGITS = re.compile(r"[0-9]+")
 # leading zeros. Such text is its own canonical form, so the common case needs
 # no ipaddress objects at all (``is_canonical_ipv4(text)`` is truthy for it).
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-is_canonical_ipv4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}").fullmatch
+IPV4_PATTERN = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+is_canonical_ipv4 = re.compile(IPV4_PATTERN).fullmatch
 _LINK_LOCAL_MULTICAST_V4 = ipaddress.IPv4Network("224.0.0.0/24")
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 from . import ipaddrs
 from .errors import InputError, Problem
-from .ipaddrs import is_canonical_ipv4 as _is_canonical_ipv4
+from .ipaddrs import IPV4_PATTERN as _IPV4_PATTERN
 from .loader import Document, document_problems, format_value, gc_paused, quote, read_documents
 from .mirror import (
     ANNOTATION_LEADER,
@@ -983,14 +983,24 @@ def _slice_endpoints(c: _Checker, items: list, address_type: str) -> tuple[Endpo
     return tuple(result)
 
 
-# Resolved conditions are shared: (ready, serving, terminating) -> instance.
-_CONDITIONS = {
-    (ready, serving, terminating): EndpointConditions(ready=ready, serving=serving, terminating=terminating)
-    for ready in (False, True) for serving in (False, True) for terminating in (False, True)
-}
-# Canonical IPv4 text that may not be an endpoint address (see special_ip_errors):
-# unspecified, loopback, link-local, link-local multicast.
-_SPECIAL_CANONICAL_IPV4 = re.compile(r"0\.0\.0\.0$|127\.|169\.254\.|224\.0\.0\.").match
+def _resolved_conditions() -> dict[tuple, EndpointConditions]:
+    """``(ready, serving, terminating)`` as written (each true, false or unset) -> the shared,
+    defaulted instance: ready defaults to true, serving to ready, terminating to false."""
+    table = {}
+    for ready in (None, False, True):
+        for serving in (None, False, True):
+            for terminating in (None, False, True):
+                r = True if ready is None else ready
+                table[ready, serving, terminating] = EndpointConditions(
+                    ready=r, serving=r if serving is None else serving, terminating=terminating is True)
+    return table
+
+
+_CONDITIONS = _resolved_conditions()
+_NO_CONDITIONS = _CONDITIONS[None, None, None]
+# A canonical IPv4 address that may be an endpoint's: not unspecified, loopback, link-local
+# or link-local multicast (see special_ip_errors).
+_is_endpoint_ipv4 = re.compile(r"(?!0\.0\.0\.0$|127\.|169\.254\.|224\.0\.0\.)" + _IPV4_PATTERN).fullmatch
 
 
 def _fast_endpoint(item: dict, address_type: str) -> Optional[Endpoint]:
@@ -1006,7 +1016,7 @@ def _fast_endpoint(item: dict, address_type: str) -> Optional[Endpoint]:
         return None
     if address_type == "IPv4":
         for address in addresses:
-            if type(address) is not str or not _is_canonical_ipv4(address) or _SPECIAL_CANONICAL_IPV4(address):
+            if type(address) is not str or not _is_endpoint_ipv4(address):
                 return None
         addresses = tuple(addresses)
     elif address_type == "IPv6":
@@ -1026,23 +1036,15 @@ def _fast_endpoint(item: dict, address_type: str) -> Optional[Endpoint]:
 
     conditions = item.get("conditions")
     if conditions is None:
-        ready, serving, terminating = True, True, False
+        resolved = _NO_CONDITIONS
     elif type(conditions) is dict:
         ready = conditions.get("ready")
         serving = conditions.get("serving")
         terminating = conditions.get("terminating")
-        if ready is None:
-            ready = True
-        elif ready is not True and ready is not False:
-            return None
-        if serving is None:
-            serving = ready
-        elif serving is not True and serving is not False:
-            return None
-        if terminating is None:
-            terminating = False
-        elif terminating is not True and terminating is not False:
-            return None
+        for flag in (ready, serving, terminating):  # true, false or unset (identity: 1 is not true)
+            if flag is not None and flag is not True and flag is not False:
+                return None
+        resolved = _CONDITIONS[ready, serving, terminating]
     else:
         return None
 
@@ -1068,7 +1070,7 @@ def _fast_endpoint(item: dict, address_type: str) -> Optional[Endpoint]:
         return None
     return Endpoint(
         addresses=addresses,
-        conditions=_CONDITIONS[ready, serving, terminating],
+        conditions=resolved,
         node_name=node_name,
         zone=zone,
         hints_for_zones=None,

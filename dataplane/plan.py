@@ -302,6 +302,8 @@ def collect_endpoints(
     Result sorted by ``ip:port`` string, as kube-proxy keeps them.
     """
     found: dict[str, tuple[PlanEndpoint, Endpoint]] = {}
+    want = _ADDRESS_TYPE[family]
+    ipv6 = family == "ipv6"
     for s in slices:
         numbers = [p.port for p in s.ports if p.name == port.name and p.protocol == port.protocol and p.port]
         if not numbers:
@@ -311,25 +313,20 @@ def collect_endpoints(
             if not ep.addresses:
                 continue
             ip = ep.addresses[0]
-            if family_of(ip) != family:
+            if (":" in ip) is not ipv6:  # family_of, inline
                 warnings.append(
                     f"{s.ref.where() if s.ref.source != '<memory>' else 'EndpointSlice ' + s.namespace + '/' + s.name}: "
-                    f"skipping endpoint {ip}: not an {_ADDRESS_TYPE[family]} address"
+                    f"skipping endpoint {ip}: not an {want} address"
                 )
                 continue
+            address = f"[{ip}]:{number}" if ":" in ip else f"{ip}:{number}"
             c = ep.conditions
-            pe = PlanEndpoint(
-                ip=ip,
-                port=number,
-                is_local=ep.node_name == node_name,
-                ready=c.ready,
-                serving=c.serving,
-                terminating=c.terminating,
-                address=f"[{ip}]:{number}" if ":" in ip else f"{ip}:{number}",
-            )
-            old = found.get(pe.address)
-            if old is None or (pe.ready and not old[0].ready):
-                found[pe.address] = (pe, ep)
+            old = found.get(address)
+            if old is None or (c.ready and not old[0].ready):
+                found[address] = (
+                    PlanEndpoint(ip, number, ep.node_name == node_name, c.ready, c.serving, c.terminating, address),
+                    ep,
+                )
     return [found[k] for k in sorted(found)]
 
 
@@ -625,16 +622,28 @@ def frontend_conflicts(services: Iterable[ServicePortPlan]) -> list[str]:
     load-balancer IPs that a controller wrote twice). kube-proxy's iptables rules then
     send such packets to the first Service in rule order; both backends do the same
     (the nftables maps keep the first element)."""
+    return claim_conflicts(frontend_claims(p) for p in services)
+
+
+Claims = tuple[str, tuple[tuple[tuple, str], ...]]
+
+
+def frontend_claims(p: ServicePortPlan) -> Claims:
+    """The owner (``namespace/name``) and frontends of a service port: (key, text) pairs."""
+    proto = p.protocol.upper()
+    claims = [(("ip", ip, p.protocol, p.port), f"{ip}:{p.port}/{proto}")
+              for ip in (p.cluster_ip, *p.external_ips, *p.load_balancer_ips) if ip]
+    if p.node_port:
+        claims.append((("nodePort", p.protocol, p.node_port), f"nodePort {p.node_port}/{proto}"))
+    return f"{p.namespace}/{p.name}", tuple(claims)
+
+
+def claim_conflicts(claims: Iterable[Claims]) -> list[str]:
+    """:func:`frontend_conflicts`, given the :func:`frontend_claims` of every service port in plan order."""
     seen: dict[tuple, str] = {}
     out: list[str] = []
-    for p in services:
-        owner = f"{p.namespace}/{p.name}"
-        proto = p.protocol.upper()
-        claims = [(("ip", ip, p.protocol, p.port), f"{ip}:{p.port}/{proto}")
-                  for ip in (p.cluster_ip, *p.external_ips, *p.load_balancer_ips) if ip]
-        if p.node_port:
-            claims.append((("nodePort", p.protocol, p.node_port), f"nodePort {p.node_port}/{proto}"))
-        for key, text in claims:
+    for owner, frontends in claims:
+        for key, text in frontends:
             first = seen.setdefault(key, owner)
             if first != owner:
                 out.append(f"Service {owner}: {text} is also a frontend of Service {first}; "

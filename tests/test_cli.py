@@ -174,3 +174,36 @@ def test_completion_scripts_know_every_command_and_option(capsys):
     assert r.returncode == 0 and "dataplane" in r.stdout, r.stderr
     code, out, _ = run(["completion", "zsh"], capsys)
     assert code == 0 and out.startswith("#compdef dataplane") and "verify" in out
+
+
+def test_process_exit_keeps_output_and_status(tmp_path):
+    """``python -m dataplane`` ends one-shot commands with os._exit: stdout, files and statuses intact."""
+    from dataplane.compiler import compile_rules
+    from dataplane.controllers.allocation import allocate_cluster
+    from dataplane.controllers.endpointslices import with_derived_slices
+    from dataplane.loader import load_documents
+    from dataplane.parse import parse_cluster
+
+    argv = [sys.executable, "-m", "dataplane", "compile", "--allocate", "--seed", "1", "-f", str(EXAMPLE),
+            "--node", "node-a", "--backend", "nftables"]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    cluster = allocate_cluster(parse_cluster(load_documents([str(EXAMPLE)])).cluster,
+                               service_cidrs="10.96.0.0/12", node_port_range="30000-32767", seed=1).cluster
+    expected = compile_rules(with_derived_slices(cluster), "node-a", backend="nftables").text
+    assert r.returncode == 0 and r.stdout == expected, r.stderr
+    out = tmp_path / "rules.nft"
+    r = subprocess.run([*argv, "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "" and out.read_text() == expected
+    r = subprocess.run([*argv[:-4], "--node", "nope"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == "" and "error: node 'nope'" in r.stderr
+
+
+def test_core_commands_do_not_import_the_lab():
+    """The parser for a built-in command leaves the other commands' modules unimported."""
+    probe = ("import sys; from dataplane.cli import build_parser; build_parser({!r}); "
+             "print(sorted(m for m in ('dataplane.labctl', 'dataplane.lab', 'dataplane.verify', "
+             "'dataplane.discovery', 'dataplane.trace.cli') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe.format("compile")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+    r = subprocess.run([sys.executable, "-c", probe.format(None)], capture_output=True, text=True)
+    assert "dataplane.labctl" in r.stdout and "dataplane.trace.cli" in r.stdout, r.stderr

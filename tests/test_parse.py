@@ -625,6 +625,17 @@ ES = f"{SRC}: document 1: EndpointSlice default/web-abc: "
             {"endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": "true"}}]},
             ['endpoints[0].conditions.ready: Invalid value: "true": must be a boolean'],
         ),
+        (  # 1 == True in Python, but an integer is not a boolean
+            {"endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": 1, "serving": True, "terminating": 0}}]},
+            ["endpoints[0].conditions.ready: Invalid value: 1: must be a boolean",
+             "endpoints[0].conditions.terminating: Invalid value: 0: must be a boolean"],
+        ),
+        (
+            {"endpoints": [{"addresses": ["127.0.0.1"]}, {"addresses": ["0.0.0.0"]}, {"addresses": ["10.0.0.0"]}]},
+            ['endpoints[0].addresses[0]: Invalid value: "127.0.0.1": may not be in the loopback range '
+             "(127.0.0.0/8, ::1/128)",
+             'endpoints[1].addresses[0]: Invalid value: "0.0.0.0": may not be unspecified (0.0.0.0)'],
+        ),
         (
             {"endpoints": [{"addresses": ["10.1.0.1"], "hints": {"forZones": [{"name": "a"}, {"name": "a"}]}}]},
             ['endpoints[0].hints.forZones[1].name: Duplicate value: "a"'],

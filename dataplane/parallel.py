@@ -1,0 +1,275 @@
+"""Compiling a large cluster with several processes, for one-shot commands.
+
+``dataplane compile`` spends most of its time validating, planning and
+rendering Services one by one. :func:`compile_sharded` cuts the Services into
+contiguous ranges of the namespace/name order in which they are planned and
+rendered, gives each range (with its EndpointSlices, and every Node) to one
+process, and lays out the parts in that order: the text and the warnings are
+those of the serial path, because every step it runs per shard is a step the
+serial path runs per Service.
+
+Whatever needs the whole input is left to the serial path: this returns None
+(and the caller compiles serially) for input with other kinds of object (Pods,
+Endpoints, kinds the dataplane ignores), objects whose identity it cannot read
+from the raw manifest, duplicates, any problem or warning while validating,
+EndpointSlices that would have to be derived from Pods, and errors such as an
+unknown node. The one number shards may need from each other, the endpoint count
+that makes a cluster "large" for iptables, is summed across processes before
+rendering, unless a shard's own endpoints already pass the mark.
+
+Children are forked (they share the loaded documents copy-on-write), so this
+is only for a single-threaded program such as the CLI.
+"""
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import pickle
+import struct
+from typing import Any, Optional, Sequence
+
+from .backends import iptables as _iptables
+from .backends import nftables as _nftables
+from .controllers.endpointslices import with_derived_slices
+from .errors import DataplaneError
+from .loader import Document
+from .model import LABEL_SERVICE_NAME
+from .parse import parse_cluster
+from .plan import Family, Mode, assemble, claim_conflicts, frontend_claims, node_context, plan_service, slices_by_service
+
+# Below this many Services a second process does not pay for itself.
+MIN_SERVICES_PER_SHARD = 1000
+# The parent's share of the Services, over a child's: its part needs no pickling or sending.
+PARENT_EXTRA = 0.1
+
+_SERVICE = ("v1", "Service")
+_SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
+_CONFIG = ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration")
+_SHARED = {("v1", "Node"), _CONFIG}
+
+
+class _Bail(Exception):
+    """This shard's input needs the serial path."""
+
+
+def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode], family: Family,
+                    workers: int) -> Optional[tuple[str, tuple[str, ...]]]:
+    """(rules text, warnings) as the serial compile of ``docs`` gives them, computed by up to
+    ``workers`` processes; None when the input is small or needs the serial path (see above)."""
+    shards = _shards(docs, workers)
+    if shards is None:
+        return None
+    children = [_fork(shard, node, mode, family) for shard in shards[1:]]
+    try:
+        mine = _Shard(shards[0], node, mode, family)
+    except _Bail:
+        return _abandon(children)
+    # iptables' large-cluster mode (see is_large_cluster) counts the endpoints of every shard;
+    # the parent renders its part before waiting when it needs no count from the children
+    decided = mine.plan.mode == "nftables" or mine.endpoint_count > _iptables.LARGE_CLUSTER_ENDPOINTS
+    own = mine.render(True) if decided else None
+    first = [_read_message(c.results) for c in children]  # a part, an endpoint count, or None
+    if any(m is None for m in first):
+        return _abandon(children)
+    large = decided or mine.endpoint_count + sum(m[1] for m in first) > _iptables.LARGE_CLUSTER_ENDPOINTS
+    for c, m in zip(children, first):
+        if m[0] == "count":
+            _send(c.control, b"L" if large else b"S")
+    if own is None:
+        own = mine.render(large)
+    results = [m[2] if m[0] == "part" else _read_message(c.results) for c, m in zip(children, first)]
+    _abandon(children)  # (all have sent what they had to)
+    if any(r is None for r in results):
+        return None
+    parts = [(mine.warnings, mine.claims, own), *results]
+    warnings = (*mine.context_warnings, *(w for ws, _, _ in parts for w in ws),
+                *claim_conflicts(c for _, claims, _ in parts for c in claims))
+    backend = _iptables if mine.plan.mode == "iptables" else _nftables
+    return backend.render_parts(mine.plan, [part for _, _, part in parts]), warnings
+
+
+def _abandon(children: Sequence["_Child"]) -> None:
+    """Close every pipe to and from the children (one still waiting for a verdict or writing
+    its part then exits) and reap them."""
+    for c in children:
+        for fd in (c.control, c.results):
+            try:
+                os.close(fd)
+            except OSError:  # closed already
+                pass
+        os.waitpid(c.pid, 0)
+    return None
+
+
+def _shards(docs: Sequence[Document], workers: int) -> Optional[list[list[Document]]]:
+    """The documents of each shard, in input order as the serial path reads them (Nodes and
+    the configuration in every one), or None."""
+    owners: list[Optional[tuple[str, str]]] = []  # per document: its Service's key; None: shared
+    services: set[tuple[str, str]] = set()
+    seen: set[tuple] = set()
+    for doc in docs:
+        obj = doc.obj
+        kind = (obj.get("apiVersion"), obj.get("kind"))
+        identity = ("", "") if kind == _CONFIG else _identity(obj)  # one configuration at most
+        if identity is None or (kind, identity) in seen:
+            return None
+        seen.add((kind, identity))
+        if kind == _SERVICE:
+            services.add(identity)
+            owners.append(identity)
+        elif kind == _SLICE:
+            labels = obj["metadata"].get("labels")
+            owner = labels.get(LABEL_SERVICE_NAME) if type(labels) is dict else None
+            if type(owner) is not str:
+                return None
+            owners.append((identity[0], owner))
+        elif kind in _SHARED:
+            owners.append(None)
+        else:
+            return None
+    n = min(workers, len(services) // MIN_SERVICES_PER_SHARD)
+    if n < 2:
+        return None
+    order = sorted(services)
+    # contiguous ranges; the parent's (shard 0) a little longer, as a child's part then still
+    # has to be pickled and sent while the parent's is ready where it is needed
+    weights = [1 + PARENT_EXTRA, *[1] * (n - 1)]
+    bounds = [round(len(order) * sum(weights[:k + 1]) / sum(weights)) for k in range(n)]
+    shard_of = {key: bisect.bisect_right(bounds, rank) for rank, key in enumerate(order)}
+    shards: list[list[Document]] = [[] for _ in range(n)]
+    for doc, owner in zip(docs, owners):
+        if owner is None:
+            for shard in shards:
+                shard.append(doc)
+        else:  # a slice of no Service in the input: any shard validates it
+            shards[shard_of.get(owner, 0)].append(doc)
+    return shards
+
+
+def _identity(obj: dict) -> Optional[tuple[str, str]]:
+    """(namespace, name) as the parser will read them ("default" for an unset namespace), or
+    None when the raw metadata is unusual (the serial path then validates and reports it)."""
+    metadata = obj.get("metadata")
+    if type(metadata) is not dict:
+        return None
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    if type(name) is not str or not name or not (namespace is None or type(namespace) is str):
+        return None
+    return namespace or "default", name
+
+
+class _Shard:
+    """One shard validated and planned; rendered once the cluster-wide endpoint count is known."""
+
+    def __init__(self, docs: Sequence[Document], node: str, mode: Optional[Mode], family: Family) -> None:
+        try:
+            parsed = parse_cluster(docs)
+            if parsed.warnings:
+                raise _Bail()
+            cluster = parsed.cluster
+            if with_derived_slices(cluster) is not cluster:
+                raise _Bail()
+            ctx = node_context(cluster, node, family=family, mode=mode)
+        except DataplaneError:  # InputError among them: the serial path reports it
+            raise _Bail() from None
+        index = slices_by_service(cluster.endpoint_slices, family)
+        ports, warnings = [], []
+        for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
+            plans, w = plan_service(svc, index.get(svc.key, ()), ctx)
+            ports.extend(plans)
+            warnings.extend(w)
+        self.plan = assemble(ctx, ports)
+        self.context_warnings = ctx.warnings
+        self.warnings = warnings
+        self.claims = [frontend_claims(p) for p in ports]
+        self.endpoint_count = sum(len(p.endpoints) for p in ports)
+
+    def render(self, large: bool) -> Any:
+        """This shard's part of the rules (``large``: iptables' large-cluster mode)."""
+        if self.plan.mode == "iptables":
+            return _iptables.render_ports(self.plan, self.plan.services, large)
+        return _nftables.render_ports(self.plan, self.plan.services)
+
+    def part(self, large: bool) -> tuple:
+        """What a child sends: (warnings, frontend claims, rendered part)."""
+        return self.warnings, self.claims, self.render(large)
+
+
+class _Child:
+    def __init__(self, pid: int, results: int, control: int) -> None:
+        self.pid, self.results, self.control = pid, results, control
+
+
+def _fork(docs: Sequence[Document], node: str, mode: Optional[Mode], family: Family) -> _Child:
+    """A child that validates and plans ``docs`` and sends ("part", count, its part) when its
+    part does not depend on the other shards (nftables, or iptables with over
+    LARGE_CLUSTER_ENDPOINTS endpoints in this shard alone); otherwise ("count", count), then
+    waits for the parent's verdict (L: large, S: not large, X: stop) before sending its part.
+    Sends nothing when its input needs the serial path."""
+    results_r, results_w = os.pipe()
+    control_r, control_w = os.pipe()
+    try:  # parts are megabytes: fewer, larger pipe reads
+        fcntl.fcntl(results_w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:  # above /proc/sys/fs/pipe-max-size for this user: keep the default
+        pass
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller
+        status = 1
+        try:
+            os.close(results_r)
+            os.close(control_w)
+            shard = _Shard(docs, node, mode, family)
+            count = shard.endpoint_count
+            if shard.plan.mode == "nftables" or count > _iptables.LARGE_CLUSTER_ENDPOINTS:
+                _write_message(results_w, ("part", count, shard.part(True)))
+            else:
+                _write_message(results_w, ("count", count))
+                verdict = os.read(control_r, 1)
+                if verdict in (b"L", b"S"):
+                    _write_message(results_w, shard.part(verdict == b"L"))
+            status = 0
+        finally:  # (a _Bail, or anything else, exits without a message)
+            os._exit(status)
+    os.close(results_w)
+    os.close(control_r)
+    return _Child(pid, results_r, control_w)
+
+
+def _send(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    except BrokenPipeError:  # the child is gone; its missing result says so
+        pass
+
+
+def _write_message(fd: int, value: Any) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_message(fd: int) -> Any:
+    """The next message from a child, or None if it sent none (it bailed or died)."""
+    header = _read_exactly(fd, 8)
+    if header is None:
+        return None
+    data = _read_exactly(fd, struct.unpack("<Q", header)[0])
+    if data is None:
+        return None
+    try:
+        return pickle.loads(data)
+    except Exception:
+        return None
+
+
+def _read_exactly(fd: int, n: int) -> Optional[bytes]:
+    chunks = []
+    while n:
+        block = os.read(fd, min(n, 1 << 20))
+        if not block:
+            return None
+        chunks.append(block)
+        n -= len(block)
+    return b"".join(chunks)
