@@ -132,7 +132,8 @@ def _read_data(path: str, stdin: Optional[TextIO]) -> Union[bytes, str]:
     """The bytes of ``path``, or what standard input gives for ``-`` (text or bytes)."""
     if path == "-":
         stream = stdin if stdin is not None else sys.stdin
-        return stream.read()
+        buffer = getattr(stream, "buffer", None)  # a real stdin's bytes: no decoding of JSON
+        return buffer.read() if buffer is not None else stream.read()
     with open(path, "rb") as handle:
         return handle.read()
 

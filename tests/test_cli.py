@@ -207,3 +207,19 @@ def test_core_commands_do_not_import_the_lab():
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
     r = subprocess.run([sys.executable, "-c", probe.format(None)], capture_output=True, text=True)
     assert "dataplane.labctl" in r.stdout and "dataplane.trace.cli" in r.stdout, r.stderr
+
+
+def test_stdin_is_read_as_bytes_like_a_file(tmp_path):
+    """A real stdin is read as bytes: JSON with a BOM, YAML and bad UTF-8 give what a file gives."""
+    docs = list(yaml.safe_load_all(SVC.replace("NODEPORT", "30081")))
+    as_json = b"\xef\xbb\xbf" + json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}).encode()
+    path = tmp_path / "in.json"
+    path.write_bytes(as_json)
+    argv = [sys.executable, "-m", "dataplane", "compile", "--node", "n1", "-f"]
+    from_file = subprocess.run([*argv, str(path)], capture_output=True)
+    assert from_file.returncode == 0 and from_file.stdout, from_file.stderr
+    for data in (as_json, SVC.replace("NODEPORT", "30081").encode()):
+        r = subprocess.run([*argv, "-"], input=data, capture_output=True)
+        assert (r.returncode, r.stdout) == (0, from_file.stdout), r.stderr
+    r = subprocess.run([*argv, "-"], input=b"name: caf\xe9\n", capture_output=True, text=False)
+    assert r.returncode == 1 and b"<stdin>: cannot read: not UTF-8 text" in r.stderr

@@ -71,6 +71,17 @@ def test_synthetic_cluster_sharded_like_serial(small_shards, mode, workers):
                                     workers=workers) == expected
 
 
+@pytest.mark.parametrize("mode,family", [(None, "ipv4"), ("nftables", "ipv6")])
+def test_mode_from_the_configuration_and_a_family_the_cluster_lacks(small_shards, mode, family):
+    """The backend the KubeProxyConfiguration names; IPv6 on an IPv4 cluster (every shard warns
+    that the node has no IPv6 address: the warning is given once, as in the serial path)."""
+    docs = docs_of(BENCH.make_cluster(40, 2))
+    expected = serial(docs, BENCH.COMPILE_NODE, mode, family)
+    assert parallel.compile_sharded(docs, BENCH.COMPILE_NODE, mode=mode, family=family, workers=2) == expected
+    if family == "ipv6":
+        assert sum("no IPv6 address" in w for w in expected[1]) == 1
+
+
 def test_iptables_large_cluster_decided_across_shards(small_shards):
     """Each shard alone is under kube-proxy's 1000-endpoint mark, together they are over it:
     per-endpoint comments go away in every shard, as in the serial file."""
