@@ -67,12 +67,12 @@ def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode]
         return _abandon(children)
     # iptables' large-cluster mode (see is_large_cluster) counts the endpoints of every shard;
     # the parent renders its part before waiting when it needs no count from the children
-    decided = mine.plan.mode == "nftables" or mine.endpoint_count > _iptables.LARGE_CLUSTER_ENDPOINTS
+    decided = mine.plan.mode == "nftables" or _iptables.large_cluster(mine.endpoint_count)
     own = mine.render(True) if decided else None
     first = [_read_message(c.results) for c in children]  # a part, an endpoint count, or None
     if any(m is None for m in first):
         return _abandon(children)
-    large = decided or mine.endpoint_count + sum(m[1] for m in first) > _iptables.LARGE_CLUSTER_ENDPOINTS
+    large = decided or _iptables.large_cluster(mine.endpoint_count + sum(m[1] for m in first))
     for c, m in zip(children, first):
         if m[0] == "count":
             _send(c.control, b"L" if large else b"S")
@@ -203,8 +203,8 @@ class _Child:
 
 def _fork(docs: Sequence[Document], node: str, mode: Optional[Mode], family: Family) -> _Child:
     """A child that validates and plans ``docs`` and sends ("part", count, its part) when its
-    part does not depend on the other shards (nftables, or iptables with over
-    LARGE_CLUSTER_ENDPOINTS endpoints in this shard alone); otherwise ("count", count), then
+    part does not depend on the other shards (nftables, or iptables when this shard's endpoints
+    alone make a large cluster); otherwise ("count", count), then
     waits for the parent's verdict (L: large, S: not large, X: stop) before sending its part.
     Sends nothing when its input needs the serial path."""
     results_r, results_w = os.pipe()
@@ -221,7 +221,7 @@ def _fork(docs: Sequence[Document], node: str, mode: Optional[Mode], family: Fam
             os.close(control_w)
             shard = _Shard(docs, node, mode, family)
             count = shard.endpoint_count
-            if shard.plan.mode == "nftables" or count > _iptables.LARGE_CLUSTER_ENDPOINTS:
+            if shard.plan.mode == "nftables" or _iptables.large_cluster(count):
                 _write_message(results_w, ("part", count, shard.part(True)))
             else:
                 _write_message(results_w, ("count", count))

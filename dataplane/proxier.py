@@ -272,7 +272,7 @@ class Proxier:
 
     def _render_changed(self, context: tuple) -> None:
         """Bring the fragments up to date: only the changed Services', unless the context changed."""
-        large = self.mode == "iptables" and self._endpoints > ipt.LARGE_CLUSTER_ENDPOINTS
+        large = self.mode == "iptables" and ipt.large_cluster(self._endpoints)
         if context != self._frag_context:
             self._frags = {key: self._render(key, large) for key in self._plans}
             self._frag_context = context
@@ -343,7 +343,7 @@ class Proxier:
         base = (plan.family, plan.mode, plan.node_ips, plan.masquerade_mark, plan.local_detector,
                 plan.cluster_ip_masquerade, plan.nodeports)
         if self.mode == "iptables":
-            return base + (self._endpoints > ipt.LARGE_CLUSTER_ENDPOINTS,)
+            return base + (ipt.large_cluster(self._endpoints),)
         return base
 
     def _full_text(self, plan: NodePlan, frags: Sequence) -> str:

@@ -409,12 +409,13 @@ class Renderer:
 
 def is_large_cluster(plan: NodePlan) -> bool:
     """kube-proxy drops per-endpoint comments above this many endpoints."""
-    return _is_large([p.endpoints for p in plan.services])
+    return large_cluster(sum(len(p.endpoints) for p in plan.services))
 
 
-def _is_large(endpoints: Sequence[tuple[PlanEndpoint, ...]]) -> bool:
-    """:func:`is_large_cluster`, given the ``p.endpoints`` of every service port of the plan."""
-    return sum(map(len, endpoints)) > LARGE_CLUSTER_ENDPOINTS
+def large_cluster(endpoint_count: int) -> bool:
+    """:func:`is_large_cluster`, given the number of endpoints of all service ports of the plan
+    (kube-proxy's large-cluster mode: more than LARGE_CLUSTER_ENDPOINTS)."""
+    return endpoint_count > LARGE_CLUSTER_ENDPOINTS
 
 
 def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[ServiceFragment],

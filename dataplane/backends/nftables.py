@@ -377,18 +377,13 @@ class TableIndex:
             self.elements.setdefault((e.map, e.key), []).append(e)
 
     def _remove(self, f: ServiceFragment) -> None:
-        for c in f.chains:
-            n = self.chains[c] - 1
-            if n:
-                self.chains[c] = n
-            else:
-                del self.chains[c]
-        for st in f.sets:
-            n = self.sets[st] - 1
-            if n:
-                self.sets[st] = n
-            else:
-                del self.sets[st]
+        for counts, keys in ((self.chains, f.chains), (self.sets, f.sets)):
+            for key in keys:
+                n = counts[key] - 1
+                if n:
+                    counts[key] = n
+                else:
+                    del counts[key]
         for e in f.elements:
             holders = self.elements[(e.map, e.key)]
             holders.remove(e)
