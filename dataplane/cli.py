@@ -11,7 +11,6 @@ import gc
 import importlib
 import os
 import sys
-import tempfile
 from typing import Callable, Iterable, NoReturn, Optional, Sequence
 
 from .errors import DataplaneError, InputError
@@ -96,6 +95,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         description="Compile Kubernetes Services and EndpointSlices into one node's iptables or nftables rules, "
                     "the way kube-proxy does, and apply them in network namespaces.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="print the rules file for one node",
@@ -214,19 +216,10 @@ def _dump(objects: list, fmt: str) -> str:
 
 
 def _write_output(text: str, path: Optional[str]) -> None:
-    """Write to stdout, or atomically to ``path`` (a failure leaves no partial file)."""
-    if not path or path == "-":
-        sys.stdout.write(text)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dataplane-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write to stdout or through ``path`` (see :func:`dataplane.output.write_output`)."""
+    from .output import write_output
+
+    write_output(text, path)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -192,17 +190,12 @@ class AllocationState:
         if not target:
             raise UsageError("no path to save the allocation state to")
         text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
-        directory = os.path.dirname(os.path.abspath(target))
-        temp: Optional[str] = None
+        from ..output import OutputError, write_output
+
         try:
-            fd, temp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temp, target)
-        except OSError as err:
-            if temp is not None and os.path.exists(temp):
-                os.unlink(temp)
-            raise UsageError(f"cannot write state file {target}: {err.strerror or err}") from None
+            write_output(text, target)
+        except OutputError as err:
+            raise UsageError(f"state file: {err}") from None
 
 
 @dataclass(frozen=True)
