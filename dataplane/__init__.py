@@ -66,4 +66,4 @@ __all__ = [
     "load_cluster", "parse_cluster", "render", "Proxier", "NetnsRunner", "RecordingRunner", "SyncResult",
     "Packet", "TraceResult", "trace",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)

@@ -40,7 +40,7 @@ WEB_PODS = {"web-5d9c7b6f4-x2kqp", "web-5d9c7b6f4-7hmzt"}
 
 def _allocated_services(seed: int) -> dict[str, dict]:
     """What `dataplane allocate` prints, by Service name."""
-    run = subprocess.run([sys.executable, "-m", "dataplane", "allocate", "-f", str(EXAMPLE), "--seed", str(seed)],
+    run = subprocess.run([sys.executable, "-I", "-m", "dataplane", "allocate", "-f", str(EXAMPLE), "--seed", str(seed)],
                          capture_output=True, text=True, check=True)
     return {d["metadata"]["name"]: d for d in yaml.safe_load_all(run.stdout) if d and d["kind"] == "Service"}
 

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.netns
 MATRIX = pytest.mark.parametrize(
     "backend,family", BACKEND_FAMILIES, ids=[backend_family_id(p) for p in BACKEND_FAMILIES]
 )
-CLI = [sys.executable, "-m", "dataplane"]
+CLI = [sys.executable, "-I", "-m", "dataplane"]
 VIP = {"ipv4": "10.96.0.80", "ipv6": "fd00:10:96::80"}
 
 WEB = """

@@ -325,7 +325,7 @@ def test_foreign_rules_survive_apply_updates_and_cleanup(make_lab, tmp_path, bac
         ports: [{port: 8080}]
         endpoints: ADDRS
         """
-    cli = [sys.executable, "-m", "dataplane"]
+    cli = [sys.executable, "-I", "-m", "dataplane"]
     for addrs, kind in ((["10.244.1.10"], "full"), (["10.244.1.10", "10.244.1.11"], "partial"),
                         (["10.244.1.11"], "partial"), (["10.244.1.11"], "none")):
         endpoints = "[" + ", ".join(f"{{addresses: [{a}]}}" for a in addrs) + "]"
@@ -391,7 +391,7 @@ def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, bac
         d = tmp_path / f"v{v}"
         d.mkdir()
         versions.append(write_manifests(d, *docs))
-    cli = [sys.executable, "-m", "dataplane", "apply", "--node", "node1", "--netns", node, "--backend", backend]
+    cli = [sys.executable, "-I", "-m", "dataplane", "apply", "--node", "node1", "--netns", node, "--backend", backend]
     reference = []
     for path in versions:  # the two complete states
         subprocess.run(cli + ["-f", str(path)], check=True, capture_output=True)

@@ -336,7 +336,7 @@ def test_cli_apply_and_bad_input_changes_nothing(make_lab, tmp_path):
         ports: [{port: 8080}]
         endpoints: [{addresses: [10.244.1.10]}]
         """)
-    cli = [sys.executable, "-m", "dataplane"]
+    cli = [sys.executable, "-I", "-m", "dataplane"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("port: 80,", "port: 80, nodePort: 70000,"))
     node = lab.ns("node1")

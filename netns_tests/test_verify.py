@@ -196,7 +196,7 @@ endpoints:
 
 def dataplane(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: ``python -m dataplane ARGS`` in the repository."""
-    return subprocess.run([sys.executable, "-m", "dataplane", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-I", "-m", "dataplane", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -473,7 +473,7 @@ def test_lab_up_refuses_a_running_lab_and_down_needs_one():
 
 def _crash_up(name: str) -> None:
     """Start `lab up` and SIGKILL it while it is building."""
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "lab", "up", "-f", str(EXAMPLE), "--allocate",
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "dataplane", "lab", "up", "-f", str(EXAMPLE), "--allocate",
                              "--name", name], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: state(name) is not None and len(namespaces(name + "-")) >= 2, what="the lab to be half built")
@@ -517,7 +517,7 @@ def test_lab_up_replaces_a_lab_whose_server_process_died():
 @netns
 def test_a_killed_verify_is_swept_by_the_next_verify():
     before = {f for f in lab_state_files() if f.startswith("dpv")}
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "verify", "-f", str(EXAMPLE), "--allocate"],
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "dataplane", "verify", "-f", str(EXAMPLE), "--allocate"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: {f for f in lab_state_files() if f.startswith("dpv")} - before and namespaces("dpv"),

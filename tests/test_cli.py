@@ -88,7 +88,7 @@ def test_unknown_node_and_missing_file(tmp_path, capsys):
 
 def test_cli_never_tracebacks_on_garbage(tmp_path):
     path = write(tmp_path, "kind: [unclosed\n")
-    r = subprocess.run([sys.executable, "-m", "dataplane", "compile", "-f", path, "--node", "n1"],
+    r = subprocess.run([sys.executable, "-I", "-m", "dataplane", "compile", "-f", path, "--node", "n1"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stdout == ""
 
@@ -160,7 +160,7 @@ def test_endpoints_derives_slices_from_pods(capsys):
 def test_help_has_examples():
     for cmd in (["compile"], ["apply"], ["allocate"], ["endpoints"], ["cleanup"], ["trace"], ["dns"], ["env"],
                 ["lab", "up"], ["lab", "down"], ["verify"], ["completion"]):
-        r = subprocess.run([sys.executable, "-m", "dataplane", *cmd, "--help"], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-I", "-m", "dataplane", *cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "example" in r.stdout, cmd
 
 
@@ -184,7 +184,7 @@ def test_process_exit_keeps_output_and_status(tmp_path):
     from dataplane.loader import load_documents
     from dataplane.parse import parse_cluster
 
-    argv = [sys.executable, "-m", "dataplane", "compile", "--allocate", "--seed", "1", "-f", str(EXAMPLE),
+    argv = [sys.executable, "-I", "-m", "dataplane", "compile", "--allocate", "--seed", "1", "-f", str(EXAMPLE),
             "--node", "node-a", "--backend", "nftables"]
     r = subprocess.run(argv, capture_output=True, text=True)
     cluster = allocate_cluster(parse_cluster(load_documents([str(EXAMPLE)])).cluster,
@@ -215,7 +215,7 @@ def test_stdin_is_read_as_bytes_like_a_file(tmp_path):
     as_json = b"\xef\xbb\xbf" + json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}).encode()
     path = tmp_path / "in.json"
     path.write_bytes(as_json)
-    argv = [sys.executable, "-m", "dataplane", "compile", "--node", "n1", "-f"]
+    argv = [sys.executable, "-I", "-m", "dataplane", "compile", "--node", "n1", "-f"]
     from_file = subprocess.run([*argv, str(path)], capture_output=True)
     assert from_file.returncode == 0 and from_file.stdout, from_file.stderr
     for data in (as_json, SVC.replace("NODEPORT", "30081").encode()):

@@ -157,7 +157,7 @@ def test_cli_output_is_the_same_with_one_process_or_several(tmp_path):
     path.write_text(json.dumps(cluster))
     assert not _left_to_serial(load_documents([str(path)]))  # two processes will share the work
     for backend in ("iptables", "nftables"):
-        runs = [subprocess.run([sys.executable, "-m", "dataplane", "compile", "-f", str(path), "--node",
+        runs = [subprocess.run([sys.executable, "-I", "-m", "dataplane", "compile", "-f", str(path), "--node",
                                 BENCH.COMPILE_NODE, "--backend", backend, "-j", jobs],
                                capture_output=True, text=True) for jobs in ("1", "2")]
         assert runs[0].returncode == 0 and "is also a frontend of" in runs[0].stderr, runs[0].stderr

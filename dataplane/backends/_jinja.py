@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import jinja2
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+
+def _templates_dir() -> Path:
+    """Where the templates are: the ``dataplane.templates`` package data of an installed
+    wheel, which setuptools maps to the top-level ``templates/`` of a source checkout."""
+    try:
+        found = resources.files("dataplane.templates")
+    except ModuleNotFoundError:  # a source tree run without installing
+        return Path(__file__).resolve().parent.parent.parent / "templates"
+    return Path(str(found))
+
+
+TEMPLATES_DIR = _templates_dir()
 
 
 @lru_cache(maxsize=None)
