@@ -26,7 +26,12 @@ from .errors import DataplaneError
 
 
 class OutputError(DataplaneError):
-    """The output could not be written where the user asked."""
+    """The output could not be written where the user asked; ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 def _umask() -> int:
@@ -40,7 +45,7 @@ def _fail(path: str, err: OSError) -> OutputError:
     if err.errno == errno.ENOENT:
         parent = os.path.dirname(os.path.abspath(path))
         reason = f"directory {parent} does not exist"
-    return OutputError(f"cannot write {path}: {reason}")
+    return OutputError(path, reason)
 
 
 def write_output(text: str, path: Optional[str], *, stdout: Optional[TextIO] = None) -> None:
@@ -60,7 +65,7 @@ def write_output(text: str, path: Optional[str], *, stdout: Optional[TextIO] = N
     except OSError as e:
         raise _fail(path, e) from e
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"cannot write {path}: it is a directory")
+        raise OutputError(path, "it is a directory")
     if st is not None and not stat.S_ISREG(st.st_mode):
         _write_through(path, target, text)
         return

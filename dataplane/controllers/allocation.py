@@ -195,7 +195,7 @@ class AllocationState:
         try:
             write_output(text, target)
         except OutputError as err:
-            raise UsageError(f"state file: {err}") from None
+            raise UsageError(f"cannot write state file {target}: {err.reason}") from None
 
 
 @dataclass(frozen=True)
