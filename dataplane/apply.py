@@ -1,44 +1,73 @@
 """Load a node's rules into a network namespace, incrementally and idempotently.
 
 ``apply_cluster`` remembers what it installed in each namespace (a record
-under ``/run/kube-dataplane``, checked against the chains the kernel really
-holds), so applying again sends only the difference: the chains and map
-elements of the Services that changed, in one transaction per table. If the
-record is missing, stale or does not match the kernel, it applies everything.
+under ``/run/kube-dataplane``, with a fingerprint of what the kernel held right
+after that sync, see :mod:`dataplane.drift`), so applying again sends only the
+difference: the chains and map elements of the Services that changed, in one
+transaction per table. If the record is missing or stale, or the kernel's copy
+changed since (drift), it applies everything.
+
+Every entry point holds the namespace's lock (:mod:`dataplane.nslock`) while it
+reads and changes the namespace, waiting up to ``lock_timeout`` seconds for
+another apply or cleanup to finish.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
-from .backends import iptables as ipt
-from .backends import nftables as nft
 from .compiler import CompileResult
 from .model import Cluster
+from .nslock import DEFAULT_LOCK_TIMEOUT, netns_lock
 from .plan import Family, Mode
 
 STATE_DIR = "/run/kube-dataplane"
-_STATE_VERSION = 2  # 2: per-Service fragments in the record
+_STATE_VERSION = 3  # 2: per-Service fragments in the record; 3: with the kernel's fingerprint
+_TMP_PREFIX = ".record-"  # a record being written (left over only by a killed apply)
 
 
-def apply_compiled(ns: str, result: CompileResult) -> None:
-    """Load a complete compiled file into ``ns`` atomically, then set the sysctls its rules need.
+def apply_compiled(ns: str, result: CompileResult, *,
+                   lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> list[str]:
+    """Load a complete compiled file into ``ns`` atomically, then set the sysctls its rules need
+    (recording the values they had, for cleanup). Holds the namespace's lock throughout.
 
     On failure (:class:`~dataplane.errors.ApplyError`) the namespace keeps the
-    rules it had, and no sysctl is changed.
+    rules it had, and no sysctl is changed. Once the rules are in, what an earlier
+    apply of the other backend left for the family is removed (see
+    :func:`~dataplane.ownership.remove_leftovers`); returns one line per removal.
     """
     from . import netns  # needs pyroute2; imported only when applying
 
     netns.require_netns(ns)
+    with netns_lock(ns, lock_timeout):
+        return _apply_compiled(ns, result)
+
+
+def _apply_compiled(ns: str, result: CompileResult) -> list[str]:
+    """:func:`apply_compiled`, the namespace lock held."""
+    from . import netns, ownership
+
     plan = result.plan
     if plan.mode == "iptables":
         netns.apply_iptables(ns, result.text, ipv6=plan.family == "ipv6")
     else:
         netns.apply_nftables(ns, result.text)
-    netns.set_sysctls(ns, dict(plan.sysctls))
+    ownership.set_sysctls(ns, dict(plan.sysctls))
     forget(ns, plan.mode, plan.family)  # the incremental record no longer describes the kernel
+    return _remove_leftovers(ns, plan.mode, plan.family, plan.sysctls)
+
+
+def _remove_leftovers(ns: str, mode: Mode, family: Family, sysctls: Sequence[tuple[str, str]]) -> list[str]:
+    """The other backend's leftovers for ``family`` go (and its incremental record)."""
+    from . import ownership
+
+    other = "nftables" if mode == "iptables" else "iptables"
+    removed = ownership.remove_leftovers(ns, mode, family, keep_sysctls=[k for k, _ in sysctls])
+    forget(ns, other, family)
+    return removed
 
 
 def _state_path(ns: str, mode: str, family: str) -> str:
@@ -56,42 +85,80 @@ def forget(ns: str, mode: Optional[str] = None, family: Optional[str] = None) ->
 
 
 def _load_record(ns: str, mode: str, family: str):
+    """(what the Proxier installed, the kernel's fingerprint after it), or None."""
     try:
         with open(_state_path(ns, mode, family), "rb") as f:
-            version, installed = pickle.load(f)
+            version, installed, seen = pickle.load(f)
     except (OSError, pickle.PickleError, EOFError, ValueError, TypeError, AttributeError):
         return None
-    return installed if version == _STATE_VERSION else None
+    return (installed, seen) if version == _STATE_VERSION else None
 
 
-def _save_record(ns: str, mode: str, family: str, installed) -> None:
+def _save_record(ns: str, mode: str, family: str, installed, seen) -> None:
+    """Write the record atomically. Called with the namespace lock held, so a temporary
+    file found next to it was left by a killed apply and is removed."""
     path = _state_path(ns, mode, family)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump((_STATE_VERSION, installed), f)
-    os.replace(tmp, path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.startswith(_TMP_PREFIX):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump((_STATE_VERSION, installed, seen), f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def apply_cluster(ns: str, cluster: Cluster, node: str, *, mode: Optional[Mode] = None,
-                  family: Family = "ipv4", full: bool = False):
+                  family: Family = "ipv4", full: bool = False,
+                  lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT):
     """Bring ``ns`` to the rules of ``node`` with the smallest update; returns the
-    :class:`~dataplane.proxier.SyncResult`. A failure leaves the previous rules in force."""
+    :class:`~dataplane.proxier.SyncResult` (its ``leftovers``: what an earlier apply of the
+    other backend left and this one removed; its ``drift``: what had changed in the kernel
+    since the last sync, repaired by this one's full sync). A failure leaves the previous
+    rules in force. Holds the namespace's lock, waiting up to ``lock_timeout`` seconds."""
     from . import netns
+
+    netns.require_netns(ns)
+    with netns_lock(ns, lock_timeout):
+        return _apply_cluster(ns, cluster, node, mode=mode, family=family, full=full)
+
+
+def _apply_cluster(ns: str, cluster: Cluster, node: str, *, mode: Optional[Mode], family: Family, full: bool):
+    """:func:`apply_cluster`, the namespace lock held."""
+    from . import drift
     from .proxier import NetnsRunner, Proxier
 
     mode = mode or ("nftables" if cluster.proxy_config.mode == "nftables" else "iptables")
     proxier = Proxier(node, mode=mode, family=family, cluster=cluster, runner=NetnsRunner(ns))
     record = None if full else _load_record(ns, mode, family)
+    seen, checked, drifted = None, None, ""
     if record is not None:
-        held = netns.installed_chains(ns, mode, ipv6=family == "ipv6")
-        if mode == "iptables":
-            held = {c for c in held if c.startswith(ipt.SERVICE_CHAIN_PREFIXES)}
-        else:
-            held -= nft.FIXED_CHAINS
-        if held == {c for f in record.fragments for c in f.chains}:
-            proxier.restore_installed(record)
+        installed, seen = record
+        try:
+            drifted, checked = drift.check(ns, mode, family, seen)
+        except OSError as e:
+            drifted = f"could not compare the kernel's rules with the last sync ({e.strerror})"
+        if not drifted:
+            proxier.restore_installed(installed)
     forget(ns, mode, family)  # until this sync is known to be in the kernel
     result = proxier.sync(full=full)
-    _save_record(ns, mode, family, proxier.installed())
-    return result
+    leftovers = _remove_leftovers(ns, mode, family, result.plan.sysctls)
+    try:
+        after = drift.after_sync(ns, mode, family, base=None if drifted else seen, checked=checked,
+                                 update=result.text, full=result.kind == "full")
+    except OSError:
+        after = None  # no record: the next apply writes everything
+    if after is not None:
+        _save_record(ns, mode, family, proxier.installed(), after)
+    changes = {"leftovers": tuple(leftovers)} if leftovers else {}
+    if drifted:
+        changes["drift"] = f"drift repaired: {drifted}"
+    return dataclasses.replace(result, **changes) if changes else result

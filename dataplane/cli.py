@@ -50,6 +50,42 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("iptables", "nftables"),
                    help="rule backend (default: the KubeProxyConfiguration's mode, else iptables)")
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"), default="ipv4", help="IP family (default ipv4)")
+    _add_external_ip_cidrs(p)
+
+
+def _cidr_list(text: str) -> tuple[str, ...]:
+    """``--external-ip-cidrs``: comma-separated CIDRs, canonical; empty: none."""
+    from .ipaddrs import canonical_cidr
+
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            out.append(canonical_cidr(part))
+        except ValueError:
+            if part or text.strip():
+                raise argparse.ArgumentTypeError(
+                    f"{part!r} is not a CIDR (e.g. 203.0.113.0/24,2001:db8::/64; '' allows none)") from None
+    return tuple(out)
+
+
+def _add_external_ip_cidrs(p: argparse.ArgumentParser) -> None:
+    """``--external-ip-cidrs``, for every command that plans a node's rules."""
+    p.add_argument("--external-ip-cidrs", type=_cidr_list, metavar="CIDR[,CIDR...]",
+                   help="only Services' externalIPs in these CIDRs get rules, others are ignored with a "
+                        "warning ('' allows none); overrides the KubeProxyConfiguration's externalIPCIDRs "
+                        "(a kube-dataplane extension); default: every externalIP, as kube-proxy")
+
+
+def _with_external_ip_cidrs(cluster, args: argparse.Namespace):
+    """``cluster`` with ``--external-ip-cidrs``, when given, in place of its configuration's
+    externalIPCIDRs (for commands that hand the cluster on, e.g. to a Proxier)."""
+    import dataclasses
+
+    cidrs = getattr(args, "external_ip_cidrs", None)
+    if cidrs is None:
+        return cluster
+    return dataclasses.replace(cluster, proxy_config=dataclasses.replace(cluster.proxy_config,
+                                                                         external_ip_cidrs=cidrs))
 
 
 def _add_allocate(p: argparse.ArgumentParser) -> None:
@@ -79,6 +115,25 @@ _EXTENSIONS = (
 _CORE = ("compile", "allocate", "endpoints", "apply", "cleanup", "completion")
 # One-shot commands whose objects need not be freed one by one before the process exits.
 _ONE_SHOT = ("compile", "allocate", "endpoints")
+
+
+def _seconds(text: str) -> float:
+    """``--lock-timeout``: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text!r}")
+    return value
+
+
+def _add_lock_timeout(p: argparse.ArgumentParser) -> None:
+    from .nslock import DEFAULT_LOCK_TIMEOUT
+
+    p.add_argument("--lock-timeout", type=_seconds, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS",
+                   help="how long to wait while another apply or cleanup holds the namespace's lock, "
+                        f"then fail (default {DEFAULT_LOCK_TIMEOUT:g})")
 
 
 def _jobs(text: str) -> int:
@@ -142,14 +197,17 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
     p.add_argument("--full", action="store_true", help="rewrite everything instead of sending only the difference")
+    _add_lock_timeout(p)
     _add_allocate(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("cleanup", help="remove every rule kube-dataplane installed in a namespace",
-                       description="Remove the kube-proxy table(s) and KUBE-* chains (and the jumps to them) "
-                                   "that kube-dataplane installed; rules of other programs stay.",
+                       description="Remove the kube-proxy table(s), the iptables chains and jump rules that "
+                                   "kube-dataplane recorded installing (and kube-proxy's fixed chains), and put "
+                                   "back the sysctls apply changed; chains of other programs stay, even KUBE-* ones.",
                        epilog=EXAMPLES["cleanup"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
+    _add_lock_timeout(p)
     p.set_defaults(func=cmd_cleanup)
 
     for names, module, register in _EXTENSIONS:
@@ -166,8 +224,11 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _warn(messages: Iterable[str]) -> None:
-    for m in messages:
-        print(f"warning: {m}", file=sys.stderr)
+    """Print warnings to stderr, escaped, at most errors.MAX_REPORTED and then how many more."""
+    from .errors import report_lines
+
+    for line in report_lines(list(messages), "warning"):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _read(files: Sequence[str]):
@@ -237,7 +298,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     workers = args.jobs or len(os.sched_getaffinity(0))
     docs = _read(args.files)
     if workers > 1 and not args.allocate:
-        sharded = compile_sharded(docs, args.node, mode=args.backend, family=args.ip_family, workers=workers)
+        sharded = compile_sharded(docs, args.node, mode=args.backend, family=args.ip_family, workers=workers,
+                                  external_ip_cidrs=args.external_ip_cidrs)
         if sharded is not None:
             text, warnings = sharded
             _warn(warnings)
@@ -248,7 +310,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.allocate:
         cluster = _allocate(cluster, args).cluster
     cluster = with_derived_slices(cluster)
-    result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family)
+    result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family,
+                           external_ip_cidrs=args.external_ip_cidrs)
     _warn(result.warnings)
     _write_output(result.text, args.output)
     args.retained = (docs, cluster, result)  # freed by the exit (see run)
@@ -286,14 +349,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .apply import apply_cluster
     from .controllers.endpointslices import with_derived_slices
     from .netns import require_netns
+    from .ownership import require_root
 
+    require_root("dataplane apply")
     require_netns(args.netns)
     cluster = _load(args.files)
     if args.allocate:
         cluster = _allocate(cluster, args).cluster
-    cluster = with_derived_slices(cluster)
+    cluster = _with_external_ip_cidrs(with_derived_slices(cluster), args)
     result = apply_cluster(args.netns, cluster, args.node, mode=args.backend, family=args.ip_family,
-                           full=args.full)
+                           full=args.full, lock_timeout=args.lock_timeout)
     _warn(result.plan.warnings)
     n = len(result.plan.services)
     what = {"full": f"all {n} service ports written",
@@ -301,18 +366,26 @@ def cmd_apply(args: argparse.Namespace) -> int:
             "none": f"nothing changed ({n} service ports)"}[result.kind]
     extra = f", {len(result.conntrack)} stale conntrack filters applied" if result.conntrack else ""
     print(f"applied {result.plan.mode} rules for node {args.node} ({args.ip_family}) to netns {args.netns}: "
-          f"{result.kind} sync, {what}{extra}", file=sys.stderr)
+          f"{result.kind} sync, {what}{extra}{'; ' + result.drift if result.drift else ''}", file=sys.stderr)
+    if result.leftovers:  # switching backends: the other one's rules went
+        _warn([f"netns {args.netns}: {'; '.join(result.leftovers)}"])
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .apply import forget
-    from .netns import cleanup, require_netns
+    from .netns import require_netns
+    from .nslock import netns_lock
+    from .ownership import cleanup_namespace, discard, require_root
 
+    require_root("dataplane cleanup")
     require_netns(args.netns)
-    cleanup(args.netns)
-    cleanup(args.netns, ipv6=True)
-    forget(args.netns)
+    with netns_lock(args.netns, args.lock_timeout):
+        kept = cleanup_namespace(args.netns)
+        _warn(kept)
+        forget(args.netns)
+        if not kept:
+            discard(args.netns)  # nothing is left to remember: remove the namespace's state directory
     print(f"removed kube-dataplane's rules from netns {args.netns}", file=sys.stderr)
     return 0
 
@@ -355,8 +428,10 @@ def _main(argv: Optional[Sequence[str]]) -> tuple[int, Optional[argparse.Namespa
     try:
         return func(args), args
     except InputError as e:
-        for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        from .errors import report_lines
+
+        for line in report_lines(e.problems, "problem"):  # at most errors.MAX_REPORTED, then how many more
+            print(f"error: {line}", file=sys.stderr)
         return 1, args
     except DataplaneError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .backends import iptables as _iptables
 from .backends import nftables as _nftables
@@ -38,11 +38,14 @@ def compile_rules(
     *,
     backend: Optional[Mode] = None,
     family: Family = "ipv4",
+    external_ip_cidrs: Optional[Sequence[str]] = None,
 ) -> CompileResult:
     """The complete rules file for ``node``: ``iptables-restore --noflush`` input
     (``ip6tables-restore`` for IPv6) or an ``nft -f`` script.
 
-    ``backend`` defaults to the KubeProxyConfiguration's ``mode``.
+    ``backend`` defaults to the KubeProxyConfiguration's ``mode``; ``external_ip_cidrs``
+    overrides its ``externalIPCIDRs``, the CIDRs Services' externalIPs may use (see
+    :func:`dataplane.plan.node_context`).
     """
-    plan = build_plan(cluster, node, family=family, mode=backend)
+    plan = build_plan(cluster, node, family=family, mode=backend, external_ip_cidrs=external_ip_cidrs)
     return CompileResult(text=render(plan), plan=plan)

@@ -12,9 +12,14 @@ sync kube-proxy deletes:
   terminating but keeps serving keeps its flows (graceful shutdown);
 * for every UDP/SCTP service port that had no endpoint and now has one: every
   entry to its frontends (they may cache the REJECT).
+
+The deletions are :class:`ConntrackDelete` filters; :meth:`ConntrackDelete.matches`
+applies one to a :class:`ConntrackEntry`, the structured record
+:mod:`dataplane.ctnetlink` reads from a namespace's table over netlink.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -22,10 +27,72 @@ from .plan import NodePlan, ServicePortPlan
 
 TRACKED = ("udp", "sctp")
 
+#: ``enum ip_conntrack_status`` bits (linux/netfilter/nf_conntrack_common.h).
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTuple:
+    """One direction of a tracked connection; ports are None for protocols without them."""
+
+    src: str
+    dst: str
+    sport: Optional[int] = None
+    dport: Optional[int] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackEntry:
+    """One entry of a conntrack table, as the kernel reports it (see :mod:`dataplane.ctnetlink`).
+
+    ``orig`` is the tuple of the first packet (before NAT), ``reply`` the tuple the
+    answers carry: after DNAT ``reply.src`` is the endpoint the flow was sent to.
+    """
+
+    family: str  # "ipv4" | "ipv6"
+    protocol: str  # "tcp", "udp", "sctp", "icmp", "icmpv6", else the protocol number
+    orig: FlowTuple
+    reply: FlowTuple
+    status: int = 0  # IPS_* bits
+    timeout: Optional[int] = None  # seconds left
+    state: Optional[str] = None  # TCP/SCTP protocol state, e.g. "ESTABLISHED", "COOKIE_WAIT"
+    id: Optional[int] = None  # the kernel's entry id (CTA_ID)
+
+    @property
+    def dst_nat(self) -> bool:
+        """Whether the flow was DNATed."""
+        return bool(self.status & IPS_DST_NAT)
+
+    @property
+    def src_nat(self) -> bool:
+        """Whether the flow was SNATed (masqueraded)."""
+        return bool(self.status & IPS_SRC_NAT)
+
+    @property
+    def replied(self) -> bool:
+        """Whether a packet was seen in the reply direction (conntrack -L's ``[UNREPLIED]`` otherwise)."""
+        return bool(self.status & IPS_SEEN_REPLY)
+
+
+def _same_ip(a: str, b: str) -> bool:
+    """Address equality whatever the spelling (``fd00::0a`` and ``fd00::a``)."""
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
 
 @dataclass(frozen=True, slots=True)
 class ConntrackDelete:
-    """One ``conntrack -D`` filter."""
+    """One deletion filter: the entries of a family and protocol matching every field given.
+
+    Backend-neutral: :meth:`matches` applies it to structured entries (what
+    :func:`dataplane.ctnetlink.delete_matching` does over netlink), :meth:`argv`
+    spells it for conntrack-tools (dry runs and logs).
+    """
 
     family: str  # "ipv4" | "ipv6"
     protocol: str  # "udp" | "sctp"
@@ -33,8 +100,22 @@ class ConntrackDelete:
     orig_port_dst: Optional[int] = None  # a NodePort
     dst_nat: Optional[str] = None  # the endpoint IP it was DNATed to
 
+    def matches(self, entry: ConntrackEntry) -> bool:
+        """Whether ``entry`` is one this filter deletes, with ``conntrack -D``'s meaning of each
+        option: ``--orig-dst`` the original destination address, ``--orig-port-dst`` the original
+        destination port, ``--dst-nat IP`` a DNATed entry whose reply comes from ``IP``."""
+        if entry.family != self.family or entry.protocol != self.protocol:
+            return False
+        if self.orig_dst and not _same_ip(entry.orig.dst, self.orig_dst):
+            return False
+        if self.orig_port_dst and entry.orig.dport != self.orig_port_dst:
+            return False
+        if self.dst_nat and not (entry.dst_nat and _same_ip(entry.reply.src, self.dst_nat)):
+            return False
+        return True
+
     def argv(self) -> list[str]:
-        """The ``conntrack`` command line."""
+        """The equivalent ``conntrack`` command line."""
         argv = ["conntrack", "-D", "-f", self.family, "-p", self.protocol]
         if self.orig_dst:
             argv += ["--orig-dst", self.orig_dst]
@@ -98,3 +179,8 @@ def stale_changes(family: str, old: Iterable[ServicePortPlan], new: Iterable[Ser
 def filters_text(filters: Sequence[ConntrackDelete]) -> str:
     """The deletions as shell command lines (for dry runs and logs)."""
     return "".join(" ".join(f.argv()) + "\n" for f in filters)
+
+
+def select(filters: Sequence[ConntrackDelete], entries: Iterable[ConntrackEntry]) -> list[ConntrackEntry]:
+    """The entries any of ``filters`` matches, in their order."""
+    return [e for e in entries if any(f.matches(e) for f in filters)]

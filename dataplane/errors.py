@@ -8,7 +8,32 @@ field path, in the API server's words where there are some, e.g.::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
+
+MAX_REPORTED = 20
+"""How many problems, and how many warnings, :func:`report_lines` shows by default before
+one "... and N more" line; change it to show more (0 or less: all)."""
+
+MAX_LINE = 1000
+"""The longest line :func:`report_lines` shows; a longer one is cut, ending in "..."."""
+
+_MAX_PART = 300  # the longest object or field a Problem shows
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every character that is not printable written as Python's ``repr`` writes it.
+
+    A newline, a carriage return, an ANSI escape (``\\x1b[...``), a bidi
+    override... taken from the input cannot then start a forged line or colour
+    a terminal: ``"a\\nb"`` is shown as ``a\\nb``. Backslashes are left as they are.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +47,31 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        """One line: ``source: document N: object: field: message``, the object and field cut
+        to a readable length and characters that are not printable escaped (:func:`escape_text`)."""
         parts = [self.source]
         if self.index:
             parts.append(f"document {self.index}")
         if self.obj:
-            parts.append(self.obj)
+            parts.append(_clip(self.obj, _MAX_PART))
         if self.field:
-            parts.append(self.field)
+            parts.append(_clip(self.field, _MAX_PART))
         parts.append(self.message)
-        return ": ".join(parts)
+        return escape_text(": ".join(parts))
+
+
+def report_lines(items: Sequence[object], noun: str, limit: Optional[int] = None) -> list[str]:
+    """The lines that show ``items`` (problems, warnings): each ``str(item)``, escaped and cut at
+    MAX_LINE characters, at most ``limit`` of them (MAX_REPORTED when None; 0 or less: all), then
+    ``... and N more {noun}s`` for the rest."""
+    if limit is None:
+        limit = MAX_REPORTED
+    shown = items if limit <= 0 else items[:limit]
+    lines = [_clip(escape_text(str(item)), MAX_LINE) for item in shown]
+    rest = len(items) - len(shown)
+    if rest > 0:
+        lines.append(f"... and {rest} more {noun}{'' if rest == 1 else 's'}")
+    return lines
 
 
 class DataplaneError(Exception):
@@ -38,11 +79,14 @@ class DataplaneError(Exception):
 
 
 class InputError(DataplaneError):
-    """The input manifests are invalid; ``problems`` lists every problem found."""
+    """The input manifests are invalid; ``problems`` lists every problem found.
+
+    Its text shows them as :func:`report_lines` does: at most MAX_REPORTED.
+    """
 
     def __init__(self, problems: Iterable[Problem]):
         self.problems: tuple[Problem, ...] = tuple(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        super().__init__("\n".join(report_lines(self.problems, "problem")))
 
 
 class UsageError(DataplaneError):

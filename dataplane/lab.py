@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Optional, Seq
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
+from dataplane.conntrack import ConntrackEntry
 from dataplane.errors import UsageError
 from dataplane.netns import NETNS_DIR, in_netns, run_in, set_sysctls
 
@@ -79,7 +80,6 @@ __all__ = [
     "sctp_probe_any",
     "SctpProbeResult",
     "conntrack_entries",
-    "parse_conntrack",
 ]
 
 Outcome = Literal["ok", "refused", "timeout", "error"]
@@ -764,37 +764,51 @@ class SctpProbeResult:
         return self.outcome == "ok"
 
 
-def _sctp_quote_matches(quoted: bytes, version: int, sport: int, tag: int) -> bool:
-    """Whether an ICMP error's quoted packet is our SCTP INIT (source port, and the
-    initiate tag when the quote is long enough)."""
-    if version == 4:
-        if len(quoted) < 20 or quoted[9] != socket.IPPROTO_SCTP:
-            return False
-        l4 = quoted[(quoted[0] & 0x0F) * 4:]
-    else:
-        if len(quoted) < 40 or quoted[6] != socket.IPPROTO_SCTP:
-            return False
-        l4 = quoted[40:]
-    if len(l4) < 2 or struct.unpack("!H", l4[:2])[0] != sport:
-        return False
-    return len(l4) < 20 or struct.unpack("!I", l4[16:20])[0] == tag
+def _icmp_error_quote(data: bytes, version: int) -> Optional[tuple[Any, Any]]:
+    """The ICMP/ICMPv6 error layer and the packet it quotes (scapy's ``IPerror``/``IPerror6``
+    with its ``TCPerror``/``UDPerror``/``SCTPerror``...) of a message read from a raw
+    ICMP/ICMPv6 socket, or None if it is no error message.
+
+    Errors: destination unreachable, time exceeded, parameter problem (not
+    redirects, echo replies, or ICMPv6's packet-too-big and neighbour discovery).
+    """
+    from scapy.layers.inet import ICMP, IP, IPerror
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ParamProblem, ICMPv6TimeExceeded, IPerror6, IPv6
+
+    if version == 4:  # a raw IPv4 socket returns the IP header too
+        pkt = IP(data)
+        error = pkt.getlayer(ICMP)
+        if error is None or error.type not in (3, 11, 12):
+            return None
+        quote = error.getlayer(IPerror)
+    else:  # ... a raw IPv6 socket only the ICMPv6 message: dissect it behind a neutral IPv6 header
+        pkt = IPv6(bytes(IPv6(nh=socket.IPPROTO_ICMPV6, plen=len(data))) + data)
+        error = pkt.payload
+        if not isinstance(error, (ICMPv6DestUnreach, ICMPv6TimeExceeded, ICMPv6ParamProblem)):
+            return None
+        quote = error.getlayer(IPerror6)
+    return None if quote is None else (error, quote)
 
 
 def _sctp_icmp_error(data: bytes, version: int, sport: int, tag: int) -> Optional[str]:
     """``"ICMP type T code C"`` if ``data`` (read from a raw ICMP/ICMPv6 socket) is an
-    error about our INIT, else None."""
-    if version == 4:  # raw IPv4 sockets return the IP header too
-        if len(data) < 20:
-            return None
-        data = data[(data[0] & 0x0F) * 4:]
-        errors = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
-    else:
-        errors = (1, 3, 4)
-    if len(data) < 8 or data[0] not in errors:
+    error quoting our INIT: an SCTP packet from ``sport`` whose INIT chunk carries the
+    initiate tag ``tag`` (a quote cut short before the chunk is judged by the port)."""
+    from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPerror
+
+    found = _icmp_error_quote(data, version)
+    if found is None:
         return None
-    if not _sctp_quote_matches(data[8:], version, sport, tag):
+    error, quote = found
+    sctp = quote.getlayer(SCTPerror)  # under IPerror; scapy dissects IPerror6's as plain SCTP
+    if sctp is None:
+        sctp = quote.getlayer(SCTP)
+    if sctp is None or sctp.sport != sport:
         return None
-    return f"ICMP{'v6' if version == 6 else ''} type {data[0]} code {data[1]}"
+    init = sctp.getlayer(SCTPChunkInit)
+    if init is not None and init.init_tag != tag:
+        return None
+    return f"ICMP{'v6' if version == 6 else ''} type {error.type} code {error.code}"
 
 
 def _sctp_frame_seen(frame: bytes, tag: int) -> Optional[SctpSeen]:
@@ -921,56 +935,14 @@ def _drain_icmp(icmp: socket.socket, version: int, sport: int, tag: int) -> Opti
             return error
 
 
-def parse_conntrack(text: str) -> list[dict[str, Any]]:
-    """Parse ``conntrack -L`` lines into dicts.
-
-    Each dict has ``proto`` (e.g. "sctp"), ``protonum``, ``timeout``, ``state``
-    (or None), ``orig`` and ``reply`` tuples (dicts with ``src``, ``dst`` and int
-    ``sport``/``dport`` when present), ``flags`` (e.g. ``["UNREPLIED"]``) and any
-    other ``key=value`` pairs under ``attrs``.
-    """
-    entries = []
-    for line in text.splitlines():
-        toks = line.split()
-        if len(toks) < 4 or not toks[1].isdigit() or "=" in toks[0]:
-            continue
-        e: dict[str, Any] = {
-            "proto": toks[0],
-            "protonum": int(toks[1]),
-            "timeout": int(toks[2]) if toks[2].isdigit() else None,
-            "state": None,
-            "orig": {},
-            "reply": {},
-            "flags": [],
-            "attrs": {},
-        }
-        cur = e["orig"]
-        for tok in toks[3:]:
-            if tok.startswith("[") and tok.endswith("]"):
-                e["flags"].append(tok[1:-1])
-            elif "=" in tok:
-                key, _, val = tok.partition("=")
-                if key in ("src", "dst", "sport", "dport", "type", "code", "id"):
-                    if key in cur:
-                        if cur is e["reply"]:
-                            e["attrs"][key] = val
-                            continue
-                        cur = e["reply"]
-                    cur[key] = int(val) if key in ("sport", "dport") else val
-                else:
-                    e["attrs"][key] = val
-            else:
-                e["state"] = tok
-        entries.append(e)
-    return entries
-
-
 def conntrack_entries(
     ns: str, proto: str = "sctp", *, family: Literal["ipv4", "ipv6"] = "ipv4"
-) -> list[dict[str, Any]]:
-    """The conntrack table of ``ns`` for one protocol (``conntrack -L -p PROTO -f FAMILY``)."""
-    out = run_in(ns, ["conntrack", "-L", "-p", proto, "-f", family]).stdout
-    return parse_conntrack(out)
+) -> list[ConntrackEntry]:
+    """The conntrack table of ``ns`` for one protocol and family, read over ctnetlink
+    (:func:`dataplane.ctnetlink.list_entries`)."""
+    from dataplane import ctnetlink  # imports pyroute2's conntrack: only when used
+
+    return ctnetlink.list_entries(ns, family, proto)
 
 
 # =========================================================================== the lab
@@ -1402,6 +1374,6 @@ class Lab:
 
     def conntrack_entries(
         self, ns: str, proto: str = "sctp", *, family: Literal["ipv4", "ipv6"] = "ipv4"
-    ) -> list[dict[str, Any]]:
+    ) -> list[ConntrackEntry]:
         """:func:`conntrack_entries` of one of the lab's namespaces."""
         return conntrack_entries(self.ns(ns), proto, family=family)

@@ -40,7 +40,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Iterable, Literal, Optional, Sequence, Union
+
+from netaddr import IPRange, IPSet
 
 from .apply import STATE_DIR, apply_cluster, forget
 from .errors import DataplaneError
@@ -78,11 +80,10 @@ _FAMILY: dict[int, Family] = {4: "ipv4", 6: "ipv6"}
 _MAX_PREFIX = {4: 24, 6: 64}  # the underlay and derived pod CIDRs are at least this large
 _MIN_PREFIX = {4: 16, 6: 48}  # ... and at most this large
 _POOLS = {4: ("198.18.0.0/15", "100.64.0.0/10"), 6: ("fd00:dada::/48", "fd00:dadb::/48")}
-_SPECIAL = {
-    4: tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3")),
-    6: tuple(ipaddress.ip_network(n) for n in ("::/127", "fe80::/10", "ff00::/8", "::ffff:0:0/96")),
+_SPECIAL = {  # never handed out
+    4: IPSet(["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"]),
+    6: IPSet(["::/127", "fe80::/10", "ff00::/8", "::ffff:0:0/96"]),
 }
-_SCAN_LIMIT = 4096
 _READY_TIMEOUT = 20.0
 _ROUTE_MARK = 0x1000  # clients' socket marks / routing tables: this + the node's position (no 0x4000 bit)
 
@@ -215,52 +216,79 @@ class _Draft:
     ports: set[tuple[str, int]] = field(default_factory=set)
 
 
-@dataclass
-class _Space:
-    """Addresses and networks already spoken for while laying a lab out."""
+def _ipset(items: Iterable[Union[IPAddr, IPNet]]) -> IPSet:
+    """A netaddr IP set of ``ipaddress`` addresses and networks."""
+    return IPSet(str(i) for i in items)
 
-    nets: list[IPNet] = field(default_factory=list)
-    used: set[IPAddr] = field(default_factory=set)
+
+class _Space:
+    """Addresses and networks already spoken for while laying a lab out: the reserved
+    networks (pod CIDRs, underlays) and the set of used addresses."""
+
+    def __init__(self) -> None:
+        self.nets: list[IPNet] = []
+        self.used = IPSet()
+
+    def use(self, ips: Iterable[IPAddr]) -> None:
+        """Mark addresses used; many at once are merged in one go (an insert each costs a
+        compaction of the set)."""
+        new = [str(ip) for ip in ips]
+        if len(new) > 16:
+            self.used = self.used | IPSet(new)
+        else:
+            for ip in new:
+                self.used.add(ip)
+
+    def is_used(self, ip: IPAddr) -> bool:
+        return str(ip) in self.used
 
     def clear_net(self, net: IPNet) -> bool:
         return not any(net.overlaps(n) for n in self.nets if n.version == net.version)
 
-    def free(self, ip: IPAddr, *, inside: Optional[IPNet] = None) -> bool:
-        """Whether ``ip`` is usable as a host address: unused, not special and in no
+    def free(self, candidates: IPSet, version: int, *, inside: Optional[IPNet] = None) -> IPSet:
+        """The usable host addresses among ``candidates``: unused, not special and in no
         reserved network (other than ``inside``)."""
-        if ip in self.used or any(ip in n for n in _SPECIAL[ip.version]):
-            return False
-        return not any(ip in n for n in self.nets if n.version == ip.version and n != inside)
+        reserved = _ipset(n for n in self.nets if n.version == version and n != inside)
+        return candidates - self.used - _SPECIAL[version] - reserved
+
+    def take(self, free: IPSet, version: int, *, from_end: bool) -> Optional[IPAddr]:
+        """The highest (``from_end``) or lowest address of ``free``, marked used; None if it is empty."""
+        if not free:
+            return None
+        cidrs = free.iter_cidrs()  # sorted
+        value = cidrs[-1].last if from_end else cidrs[0].first
+        ip: IPAddr = ipaddress.IPv6Address(value) if version == 6 else ipaddress.IPv4Address(value)
+        self.used.add(str(ip))
+        return ip
 
 
-def _offsets(net: IPNet, from_end: bool) -> Iterator[IPAddr]:
-    """Host addresses of ``net``, from its start or from its end, at most a few thousand.
-
-    "The end" of a network larger than 2^16 addresses is the end of its first
-    2^16 (``fd00:1::fffe``, not ``fd00:1:0:0:ffff:ffff:ffff:fffe``).
-    """
-    count = net.num_addresses
-    if count <= 2:
-        return
-    last = min(count, 1 << 16) - 1
-    for k in range(1, min(last - 1, _SCAN_LIMIT) + 1):
-        yield net[last - k] if from_end else net[k]
+def _hosts(net: IPNet) -> IPSet:
+    """The addresses of ``net`` a lab hands out: all but its first and last, and of a network
+    larger than 2^16 addresses only its first 2^16 (so "the end" of ``fd00:1::/64`` is
+    ``fd00:1::fffe``, not ``fd00:1:0:0:ffff:ffff:ffff:fffe``)."""
+    last = min(net.num_addresses, 1 << 16) - 1
+    if last < 2:
+        return IPSet()
+    return IPSet(IPRange(str(net[1]), str(net[last - 1])))
 
 
 def _free_host(net: IPNet, space: _Space, *, from_end: bool = True, avoid: Sequence[IPNet] = ()) -> Optional[IPAddr]:
-    """A free host address of ``net`` (in none of ``avoid``), marked used."""
-    for ip in _offsets(net, from_end):
-        if space.free(ip, inside=net) and not any(ip in a for a in avoid if a.version == ip.version):
-            space.used.add(ip)
-            return ip
-    return None
+    """The last (``from_end``) or first free host address of ``net`` in none of ``avoid``, marked used."""
+    free = space.free(_hosts(net), net.version, inside=net) - _ipset(a for a in avoid if a.version == net.version)
+    return space.take(free, net.version, from_end=from_end)
 
 
 def _free_subnet(version: int, space: _Space) -> IPNet:
-    """A network of the default size from the lab pools that overlaps nothing reserved."""
+    """The first network of the default size in the lab pools that overlaps nothing reserved
+    and holds no used address."""
+    size = _MAX_PREFIX[version]
+    reserved = _ipset(n for n in space.nets if n.version == version)
     for pool in _POOLS[version]:
-        for net in ipaddress.ip_network(pool).subnets(new_prefix=_MAX_PREFIX[version]):
-            if space.clear_net(net) and not any(ip in net for ip in space.used):
+        # the free space is a list of maximal aligned blocks: the first one of the default
+        # size or larger starts with the first free network of that size
+        for block in (IPSet([pool]) - reserved - space.used).iter_cidrs():
+            if block.prefixlen <= size:
+                net = ipaddress.ip_network(f"{block.network}/{size}")
                 space.nets.append(net)
                 return net
     raise LabError(f"no free IPv{version} network left for the lab")
@@ -434,8 +462,7 @@ class _LayoutBuilder:
         self.probes = {n.name: self.names.take(f"{self.members[n.name]}-probe") for n in cluster.nodes}
         self.space = _Space()
         cluster_ips, self.outside = _frontends(cluster, fams)
-        self.space.used.update(cluster_ips)
-        self.space.used.update(self.outside)
+        self.space.use([*cluster_ips, *self.outside])
         self.real_ips: dict[str, dict[int, IPAddr]] = {n.name: {} for n in cluster.nodes}
         self.node_of_ip: dict[IPAddr, str] = {}
         self.cidrs: dict[str, dict[int, IPNet]] = {n.name: {} for n in cluster.nodes}
@@ -449,8 +476,7 @@ class _LayoutBuilder:
         drafts, host_ports = _collect_pods(self.cluster, self.fams, set(self.members), self.node_of_ip,
                                            self.warnings)
         drafts = _place(drafts, {k: v for k, v in self.cidrs.items() if v}, self.warnings)
-        for d in drafts:
-            self.space.used.update(ipaddress.ip_address(ip) for ip in d.ips.values())
+        self.space.use(ipaddress.ip_address(ip) for d in drafts for ip in d.ips.values())
         self.complete_pod_cidrs(drafts)
         self.lay_underlay()
         self.give_ipv4(drafts)
@@ -476,9 +502,9 @@ class _LayoutBuilder:
                 ip = _node_ip(n, v)
                 if ip is None:
                     continue
-                if ip in self.space.used and ip not in self.outside:  # externalIPs may be node addresses
+                if self.space.is_used(ip) and ip not in self.outside:  # externalIPs may be node addresses
                     raise LabError(f"Node {n.name}: address {ip} is also used by a Service or another Node")
-                self.space.used.add(ip)
+                self.space.use([ip])
                 self.real_ips[n.name][v] = ip
 
     def reserve_pod_cidrs(self) -> None:
@@ -516,7 +542,7 @@ class _LayoutBuilder:
                 if ipaddress.ip_address(ip) not in net:
                     raise LabError(f"endpoint {d.ref}: address {ip} is not in the podCIDR {net} of its node {d.node}")
         for nets in self.cidrs.values():
-            self.space.used.update(net[1] for net in nets.values())  # the pods' gateway on each node
+            self.space.use(net[1] for net in nets.values())  # the pods' gateway on each node
 
     def lay_underlay(self) -> None:
         """The nodes' segment (around their own addresses, else a free network), its gateway
@@ -656,11 +682,10 @@ def _pick_inside(ranges: Sequence[IPNet], underlay: IPNet, space: _Space) -> Opt
     """A free source address inside one of ``ranges``: on the underlay if a range meets it."""
     for r in ranges:
         if r.overlaps(underlay):
-            inner = r if r.prefixlen >= underlay.prefixlen else underlay
-            for ip in _offsets(inner, True):
-                if ip in r and ip in underlay and space.free(ip, inside=underlay):
-                    space.used.add(ip)
-                    return ip
+            inner = r if r.prefixlen >= underlay.prefixlen else underlay  # inside both
+            ip = space.take(space.free(_hosts(inner), r.version, inside=underlay), r.version, from_end=True)
+            if ip is not None:
+                return ip
     for r in ranges:
         ip = _free_host(r, space, from_end=False)
         if ip is not None:
@@ -808,7 +833,7 @@ class ClusterLab:
         nodes' conntrack tables and session-affinity memories are emptied, so earlier
         flows cannot steer new ones.
         """
-        from . import netns
+        from . import ctnetlink, netns
 
         mode: Mode = self.backend or ("nftables" if cluster.proxy_config.mode == "nftables" else "iptables")
         switching = self.mode is not None and mode != self.mode  # the other backend's rules must go
@@ -817,7 +842,7 @@ class ClusterLab:
         for node in self.layout.nodes:
             ns = self.lab.ns(node.member)
             if self._applied:
-                netns.run_in(ns, ["conntrack", "-F"], check=False)
+                ctnetlink.flush(ns)
             present = cluster.node(node.name) is not None
             if switching or not present:
                 self._remove_rules(ns)
@@ -879,8 +904,11 @@ def _forget_affinity(ns: str, mode: Mode, family: Family) -> None:
 
 
 def forget_namespace(ns: str) -> None:
-    """Drop the incremental-apply records of ``ns`` and their directory."""
+    """Drop the incremental-apply and ownership records of ``ns`` and their directory."""
+    from .ownership import discard
+
     forget(ns)
+    discard(ns)
     try:
         os.rmdir(os.path.join(STATE_DIR, ns.replace("/", "_")))
     except OSError:
@@ -1281,16 +1309,19 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
 
 
 def _add_lab_options(p: argparse.ArgumentParser) -> None:
+    from .cli import _add_external_ip_cidrs
+
     p.add_argument("--backend", choices=("iptables", "nftables"),
                    help="rule backend (default: the KubeProxyConfiguration's mode, else iptables)")
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"),
                    help="only this IP family (default: every family the Services use)")
+    _add_external_ip_cidrs(p)
 
 
 def load_input(args: argparse.Namespace) -> tuple[Cluster, tuple[Family, ...]]:
     """The cluster the arguments describe (allocated and with derived EndpointSlices, warnings
     printed) and the families to build."""
-    from .cli import _allocate, _warn
+    from .cli import _allocate, _warn, _with_external_ip_cidrs
     from .controllers.endpointslices import with_derived_slices
     from .parse import load_cluster
 
@@ -1299,7 +1330,7 @@ def load_input(args: argparse.Namespace) -> tuple[Cluster, tuple[Family, ...]]:
     cluster = loaded.cluster
     if args.allocate:
         cluster = _allocate(cluster, args).cluster
-    cluster = with_derived_slices(cluster)
+    cluster = _with_external_ip_cidrs(with_derived_slices(cluster), args)
     families = (args.ip_family,) if args.ip_family else families_in_use(cluster)
     return cluster, families  # type: ignore[return-value]
 

@@ -241,6 +241,9 @@ class ProxyConfig:
     iptables_localhost_node_ports: bool = True
     nftables_masquerade_all: bool = False
     nftables_masquerade_bit: int = 14
+    # kube-dataplane extension ``externalIPCIDRs`` (not a kube-proxy field): the CIDRs that
+    # spec.externalIPs may use on this node (canonical); None (unset): any external IP
+    external_ip_cidrs: Optional[tuple[str, ...]] = None
     ref: ObjectRef = field(
         default_factory=lambda: _noref("KubeProxyConfiguration"), compare=False, hash=False
     )

@@ -16,17 +16,19 @@ restores them when any block fails. ``nft -f`` is atomic for the whole file, so
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Mapping, Optional, Sequence
 
 from dataplane.errors import ApplyError
+from dataplane.nslock import DEFAULT_LOCK_TIMEOUT, held_fds, netns_lock
 
 __all__ = [
     "NETNS_DIR",
@@ -37,6 +39,7 @@ __all__ = [
     "require_netns",
     "in_netns",
     "run_in",
+    "memfd_text",
     "apply_iptables",
     "apply_nftables",
     "set_sysctls",
@@ -62,6 +65,7 @@ _IPTABLES_TABLES = ("filter", "nat")
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
+_INCOMPATIBLE = re.compile(r"^# Table `(\w+)' (?:is|contains) incompatible", re.M)  # iptables-nft 1.8
 _NS_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
 
 
@@ -115,11 +119,35 @@ def in_netns(ns: str) -> Iterator[None]:
         os.close(target)
 
 
+@contextmanager
+def memfd_text(text: str, name: str = "dataplane-input") -> Iterator[int]:
+    """An anonymous in-memory file (``memfd_create``) holding all of ``text``, rewound.
+
+    A tool handed the descriptor (as stdin, or as ``/dev/fd/N`` with ``pass_fds``)
+    only ever starts once the whole input is written, so a caller killed while
+    writing cannot feed it a truncated input, and nothing is left on disk.
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(text.encode())
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def run_in(
-    ns: str, argv: Sequence[str], input: str | None = None, check: bool = True
+    ns: str, argv: Sequence[str], input: str | None = None, check: bool = True, *,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess:
     """Run ``argv`` inside namespace ``ns`` (``nsenter --net=...``), capturing text output.
 
+    ``input`` is written to an anonymous file (:func:`memfd_text`) before the tool
+    starts and given to it as stdin. ``pass_fds`` are kept open in the tool, and so
+    are the namespace locks the calling thread holds (:func:`dataplane.nslock.held_fds`),
+    so that the lock outlives a caller killed while the tool runs.
     With ``check`` (the default) a non-zero exit raises :class:`ApplyError` carrying
     the tool's stderr; otherwise the completed process is returned as is.
     """
@@ -127,14 +155,18 @@ def run_in(
     if not argv:
         raise ValueError("run_in: empty argv")
     cmd = ["nsenter", f"--net={netns_path(ns)}", "--", *argv]
+    fds = tuple(dict.fromkeys((*pass_fds, *held_fds())))
     try:
-        proc = subprocess.run(
-            cmd,
-            input=input,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "LC_ALL": "C"},
-        )
+        with contextlib.ExitStack() as stack:
+            stdin = stack.enter_context(memfd_text(input)) if input is not None else subprocess.DEVNULL
+            proc = subprocess.run(
+                cmd,
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "LC_ALL": "C"},
+                pass_fds=fds,
+            )
     except FileNotFoundError as e:
         raise ApplyError(f"{argv[0]}: command not found ({e.filename})") from e
     if check and proc.returncode != 0:
@@ -219,9 +251,17 @@ def _tools(ipv6: bool) -> tuple[str, str]:
 
 
 def _save(ns: str, ipv6: bool, *, counters: bool = False) -> str:
+    """``iptables-save`` output; :class:`ApplyError` if the filter or nat table holds native
+    nftables rules iptables cannot read (iptables-save then exits 0 with only a comment)."""
     save, _ = _tools(ipv6)
-    argv = [save, "-c"] if counters else [save]
-    return run_in(ns, argv).stdout
+    out = run_in(ns, [save, "-c"] if counters else [save]).stdout
+    bad = [t for t in _INCOMPATIBLE.findall(out) if t in _IPTABLES_TABLES]
+    if bad:
+        raise ApplyError(
+            f"{save}: the {' and '.join(bad)} table(s) of network namespace {ns} hold nftables rules of another "
+            f"program that iptables cannot read (native 'table {'ip6' if ipv6 else 'ip'} {bad[0]}'); nothing was "
+            "changed: remove them from that table or use the nftables backend")
+    return out
 
 
 _nft_backend_cache: dict[bool, bool] = {}
@@ -310,7 +350,8 @@ def _rewrite_block(table: str, lines: list[str], current: Optional[_Table], *, r
     return [f"*{table}", *decls, *body, "COMMIT"]
 
 
-def apply_iptables(ns: str, rules: str, *, ipv6: bool = False, partial: bool = False) -> None:
+def apply_iptables(ns: str, rules: str, *, ipv6: bool = False, partial: bool = False,
+                   lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> None:
     """Apply a complete ``iptables-restore --noflush`` file atomically and idempotently.
 
     * Atomic: the tables are snapshotted (``iptables-save -c``) first; if the
@@ -327,21 +368,31 @@ def apply_iptables(ns: str, rules: str, *, ipv6: bool = False, partial: bool = F
     (an incremental update) names only the chains that change and deletes stale
     chains itself, so chains it does not mention are left alone.
 
-    The input is handed to the restore tool as a file, so that a caller killed
-    half-way cannot leave it reading a truncated input.
+    The input is handed to the restore tool as an anonymous file written in full
+    first (:func:`memfd_text`), so that a caller killed half-way cannot leave it
+    reading a truncated input, and no file is left behind. Runs under the
+    namespace's lock (:func:`dataplane.nslock.netns_lock`, waiting up to
+    ``lock_timeout`` seconds for another apply or cleanup).
     """
     require_netns(ns)
+    with netns_lock(ns, lock_timeout):
+        _apply_iptables(ns, rules, ipv6=ipv6, partial=partial)
+
+
+def _apply_iptables(ns: str, rules: str, *, ipv6: bool, partial: bool) -> None:
+    """:func:`apply_iptables`, the namespace lock held."""
     _, restore = _tools(ipv6)
     snapshot_text = _save(ns, ipv6, counters=True)
     snapshot = _parse_tables(snapshot_text)
     text, names = _prepare_restore(rules, snapshot, remove_stale=not partial)
     if not names:
         return
-    with tempfile.NamedTemporaryFile("w", prefix="dataplane-restore-", suffix=".rules") as f:
-        f.write(text)
-        f.flush()
-        proc = run_in(ns, [restore, "-w", "--noflush", f.name], check=False)
+    with memfd_text(text, "dataplane-restore") as fd:
+        proc = run_in(ns, [restore, "-w", "--noflush", f"/dev/fd/{fd}"], check=False, pass_fds=(fd,))
     if proc.returncode == 0:
+        from .ownership import note_iptables
+
+        note_iptables(ns, ipv6, snapshot, text)  # what cleanup may remove
         return
     stderr = proc.stderr.strip() + _offending_line(proc.stderr, text)
     try:
@@ -410,20 +461,19 @@ def _rollback(ns: str, ipv6: bool, snapshot: dict[str, _Table], names: list[str]
 # --------------------------------------------------------------------------- nftables
 
 
-def apply_nftables(ns: str, script: str) -> None:
-    """Load an nft script with ``nft -f -`` as one transaction.
+def apply_nftables(ns: str, script: str, *, lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> None:
+    """Load an nft script with ``nft -f`` as one transaction.
 
     The script is expected to replace its own table (``table ip kube-proxy`` /
     ``delete table ip kube-proxy`` / ``table ip kube-proxy {...}``). On failure
     nothing of the script is committed and :class:`ApplyError` carries nft's stderr.
+    Runs under the namespace's lock (waiting up to ``lock_timeout`` seconds).
     """
     require_netns(ns)
-    # From a complete file: a caller killed half-way cannot feed nft a truncated
-    # (and possibly still valid) transaction.
-    with tempfile.NamedTemporaryFile("w", prefix="dataplane-", suffix=".nft") as f:
-        f.write(script)
-        f.flush()
-        proc = run_in(ns, ["nft", "-f", f.name], check=False)
+    # From a complete anonymous file: a caller killed half-way cannot feed nft a
+    # truncated (and possibly still valid) transaction, nor leave a file behind.
+    with netns_lock(ns, lock_timeout), memfd_text(script, "dataplane-nft") as fd:
+        proc = run_in(ns, ["nft", "-f", f"/dev/fd/{fd}"], check=False, pass_fds=(fd,))
     if proc.returncode != 0:
         raise ApplyError(
             f"nft -f failed in network namespace {ns} (exit {proc.returncode}); "
@@ -432,14 +482,21 @@ def apply_nftables(ns: str, script: str) -> None:
         )
 
 
+def _nft_objects(ns: str, *listing: str) -> list[tuple[str, dict]]:
+    """``nft -j list LISTING...`` in ``ns`` as (kind, object) pairs (``("table", {...})``,
+    ``("chain", {...})``, ...), without the ``metainfo`` header."""
+    out = run_in(ns, ["nft", "-j", "list", *listing]).stdout
+    objects = []
+    for item in json.loads(out)["nftables"] if out.strip() else ():
+        ((kind, body),) = item.items()
+        if kind != "metainfo":
+            objects.append((kind, body))
+    return objects
+
+
 def _nft_existing_tables(ns: str) -> set[tuple[str, str]]:
-    out = run_in(ns, ["nft", "list", "tables"]).stdout
-    found = set()
-    for ln in out.splitlines():
-        parts = ln.split()
-        if len(parts) == 3 and parts[0] == "table":
-            found.add((parts[1], parts[2]))
-    return found
+    """Every nft table of ``ns`` as (family, name)."""
+    return {(t["family"], t["name"]) for kind, t in _nft_objects(ns, "tables") if kind == "table"}
 
 
 # --------------------------------------------------------------------------- sysctls
@@ -508,57 +565,29 @@ def read_back(
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _is_ours(chain: Optional[str]) -> bool:
-    return bool(chain) and chain.startswith("KUBE-")
+def cleanup(ns: str, *, ipv6: bool = False, lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> list[str]:
+    """Remove what kube-dataplane installed in ``ns`` and nothing else; idempotent.
 
-
-def cleanup(ns: str, *, ipv6: bool = False) -> None:
-    """Remove everything kube-dataplane installs in ``ns`` and nothing else; idempotent.
-
-    Deletes the nft tables ``ip kube-proxy`` and ``ip6 kube-proxy`` (one
-    transaction), and in the iptables filter and nat tables (``ip6tables`` with
-    ``ipv6``) the jump rules from built-in chains to ``KUBE-*`` chains, then every
-    ``KUBE-*`` chain (one ``iptables-restore --noflush``, atomic per table).
+    See :func:`dataplane.ownership.cleanup`: restores the recorded sysctls of the
+    family, deletes the nft tables ``ip|ip6 kube-proxy`` and the iptables chains and
+    jump rules kube-dataplane recorded (plus kube-proxy's fixed chains). Returns notes.
+    Runs under the namespace's lock (waiting up to ``lock_timeout`` seconds).
     """
-    require_netns(ns)
-    ours = [t for t in NFT_TABLES if t in _nft_existing_tables(ns)]
-    if ours:
-        apply_nftables(ns, "".join(f"delete table {fam} {name}\n" for fam, name in ours))
+    from .ownership import cleanup as _cleanup
 
-    tables = _parse_tables(_save(ns, ipv6))
-    out: list[str] = []
-    for name in _IPTABLES_TABLES:
-        t = tables.get(name)
-        if t is None:
-            continue
-        chains = [c for c in t.chains() if _is_ours(c)]
-        jumps = [
-            r
-            for r in t.rules()
-            if _rule_chain(r) in BUILTIN_CHAINS and _is_ours(_jump_target(r))
-        ]
-        if not chains and not jumps:
-            continue
-        out.append(f"*{name}")
-        out.extend(f":{c} - [0:0]" for c in chains)
-        out.extend("-D" + r[2:] for r in jumps)
-        out.extend(f"-X {c}" for c in chains)
-        out.append("COMMIT")
-    if out:
-        _, restore = _tools(ipv6)
-        run_in(ns, [restore, "-w", "--noflush"], input="\n".join(out) + "\n")
+    return _cleanup(ns, ipv6=ipv6, lock_timeout=lock_timeout)
 
 
-
-_NFT_CHAIN = re.compile(r"^\s*chain (\S+) \{", re.M)
 _IPT_CHAIN = re.compile(r"^:(\S+) ", re.M)
 
 
 def installed_chains(ns: str, backend: Literal["iptables", "nftables"], *, ipv6: bool = False) -> set[str]:
     """Names of the chains kube-dataplane holds in ``ns`` (nat KUBE-* chains for
     iptables, the chains of the ``kube-proxy`` table for nftables); empty when none."""
-    text = read_back(ns, backend, ipv6=ipv6)
-    if backend == "iptables":
-        nat = text.split("*nat\n", 1)[1] if "*nat\n" in text else ""
-        return {c for c in _IPT_CHAIN.findall(nat) if c.startswith("KUBE-")}
-    return set(_NFT_CHAIN.findall(text))
+    if backend == "nftables":
+        family = "ip6" if ipv6 else "ip"
+        return {c["name"] for kind, c in _nft_objects(ns, "chains", family)
+                if kind == "chain" and c["table"] == "kube-proxy"}
+    text = read_back(ns, backend, ipv6=ipv6)  # iptables (an unknown backend raises ValueError)
+    nat = text.split("*nat\n", 1)[1] if "*nat\n" in text else ""
+    return {c for c in _IPT_CHAIN.findall(nat) if c.startswith("KUBE-")}

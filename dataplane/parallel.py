@@ -12,7 +12,9 @@ Whatever needs the whole input is left to the serial path: this returns None
 (and the caller compiles serially) for input with other kinds of object (Pods,
 Endpoints, kinds the dataplane ignores), objects whose identity it cannot read
 from the raw manifest, duplicates, any problem or warning while validating,
-EndpointSlices that would have to be derived from Pods, and errors such as an
+EndpointSlices that would have to be derived from Pods, an externalIP or
+load-balancer IP that may be another Service's ClusterIP (the allocated ClusterIP
+wins, which takes every Service's ClusterIPs to decide), and errors such as an
 unknown node. The one number shards may need from each other, the endpoint count
 that makes a cluster "large" for iptables, is summed across processes before
 rendering, unless a shard's own endpoints already pass the mark.
@@ -33,10 +35,21 @@ from .backends import iptables as _iptables
 from .backends import nftables as _nftables
 from .controllers.endpointslices import with_derived_slices
 from .errors import DataplaneError
+from .ipaddrs import canonical_ip, is_canonical_ipv4
 from .loader import Document
 from .model import LABEL_SERVICE_NAME
 from .parse import parse_cluster
-from .plan import Family, Mode, assemble, claim_conflicts, frontend_claims, node_context, plan_service, slices_by_service
+from .plan import (
+    Family,
+    Mode,
+    assemble,
+    claim_conflicts,
+    cluster_ip_owners,
+    frontend_claims,
+    node_context,
+    plan_service,
+    slices_by_service,
+)
 
 # Below this many Services a second process does not pay for itself.
 MIN_SERVICES_PER_SHARD = 1000
@@ -54,15 +67,21 @@ class _Bail(Exception):
 
 
 def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode], family: Family,
-                    workers: int) -> Optional[tuple[str, tuple[str, ...]]]:
+                    workers: int, external_ip_cidrs: Optional[Sequence[str]] = None
+                    ) -> Optional[tuple[str, tuple[str, ...]]]:
     """(rules text, warnings) as the serial compile of ``docs`` gives them, computed by up to
-    ``workers`` processes; None when the input is small or needs the serial path (see above)."""
-    shards = _shards(docs, workers)
-    if shards is None:
+    ``workers`` processes; None when the input is small or needs the serial path (see above).
+    ``external_ip_cidrs`` as for :func:`dataplane.compiler.compile_rules`."""
+    sharded = _shards(docs, workers)
+    if sharded is None:
         return None
-    children = [_fork(shard, node, mode, family) for shard in shards[1:]]
+    shards, services = sharded
+    target = _Target(node, mode, family, None if external_ip_cidrs is None else tuple(external_ip_cidrs))
+    # the last child, whose share is the smallest, also looks for claimed ClusterIPs
+    children = [_fork(shard, target, services if k == len(shards) - 1 else None)
+                for k, shard in enumerate(shards[1:], 1)]
     try:
-        mine = _Shard(shards[0], node, mode, family)
+        mine = _Shard(shards[0], target)
     except _Bail:
         return _abandon(children)
     # iptables' large-cluster mode (see is_large_cluster) counts the endpoints of every shard;
@@ -102,11 +121,13 @@ def _abandon(children: Sequence["_Child"]) -> None:
     return None
 
 
-def _shards(docs: Sequence[Document], workers: int) -> Optional[list[list[Document]]]:
+def _shards(docs: Sequence[Document], workers: int
+            ) -> Optional[tuple[list[list[Document]], list[tuple[tuple[str, str], dict]]]]:
     """The documents of each shard, in input order as the serial path reads them (Nodes and
-    the configuration in every one), or None."""
+    the configuration in every one), and every Service (its key and raw object); or None."""
     owners: list[Optional[tuple[str, str]]] = []  # per document: its Service's key; None: shared
     services: set[tuple[str, str]] = set()
+    service_objs: list[tuple[tuple[str, str], dict]] = []
     seen: set[tuple] = set()
     for doc in docs:
         obj = doc.obj
@@ -118,6 +139,7 @@ def _shards(docs: Sequence[Document], workers: int) -> Optional[list[list[Docume
         if kind == _SERVICE:
             services.add(identity)
             owners.append(identity)
+            service_objs.append((identity, obj))
         elif kind == _SLICE:
             labels = obj["metadata"].get("labels")
             owner = labels.get(LABEL_SERVICE_NAME) if type(labels) is dict else None
@@ -144,7 +166,56 @@ def _shards(docs: Sequence[Document], workers: int) -> Optional[list[list[Docume
                 shard.append(doc)
         else:  # a slice of no Service in the input: any shard validates it
             shards[shard_of.get(owner, 0)].append(doc)
-    return shards
+    return shards, service_objs
+
+
+def _strs(value: Any) -> list[str]:
+    """The strings of a raw list field (or a lone string); anything else: none."""
+    if type(value) is str:
+        return [value]
+    return [v for v in value if type(v) is str] if type(value) is list else []
+
+
+def _canonical(ip: str) -> Optional[str]:
+    try:
+        return canonical_ip(ip)
+    except ValueError:  # the parser reports it (and the shards bail)
+        return None
+
+
+def _may_claim_a_cluster_ip(services: Sequence[tuple[tuple[str, str], dict]]) -> bool:
+    """Whether an externalIP or load-balancer status IP of a Service may be the ClusterIP of
+    another, read from the raw manifests, erring on the side of yes: a shard plans its own
+    Services only, so such input goes to the serial path."""
+    claimants: dict[str, set[tuple[str, str]]] = {}  # canonical claimed IP -> the Services claiming it
+    for key, obj in services:
+        spec, status = obj.get("spec"), obj.get("status")
+        raw = _strs(spec.get("externalIPs")) if type(spec) is dict and "externalIPs" in spec else []
+        if status:
+            lb = status.get("loadBalancer") if type(status) is dict else None
+            ingress = lb.get("ingress") if type(lb) is dict else None
+            if type(ingress) is list:
+                raw += _strs([i.get("ip") for i in ingress if type(i) is dict])
+        for ip in raw:
+            canonical = _canonical(ip)
+            if canonical is not None:
+                claimants.setdefault(canonical, set()).add(key)
+    if not claimants:
+        return False
+    for key, obj in services:
+        spec = obj.get("spec")
+        if type(spec) is not dict:
+            continue
+        # the parser takes clusterIPs, or a lone clusterIP (a clusterIP other than clusterIPs[0]
+        # is an error it reports)
+        ips = spec.get("clusterIPs") or spec.get("clusterIP")
+        for ip in _strs(ips):
+            if ip not in claimants and is_canonical_ipv4(ip):
+                continue  # the common case: a canonical IPv4 ClusterIP nobody claims
+            found = claimants.get(ip) or claimants.get(_canonical(ip) or "")
+            if found and (len(found) > 1 or key not in found):
+                return True
+    return False
 
 
 def _identity(obj: dict) -> Optional[tuple[str, str]]:
@@ -159,10 +230,18 @@ def _identity(obj: dict) -> Optional[tuple[str, str]]:
     return namespace or "default", name
 
 
+class _Target:
+    """What every shard compiles for: the node, backend, family and externalIP allow-list."""
+
+    def __init__(self, node: str, mode: Optional[Mode], family: Family,
+                 external_ip_cidrs: Optional[tuple[str, ...]]) -> None:
+        self.node, self.mode, self.family, self.external_ip_cidrs = node, mode, family, external_ip_cidrs
+
+
 class _Shard:
     """One shard validated and planned; rendered once the cluster-wide endpoint count is known."""
 
-    def __init__(self, docs: Sequence[Document], node: str, mode: Optional[Mode], family: Family) -> None:
+    def __init__(self, docs: Sequence[Document], target: _Target) -> None:
         try:
             parsed = parse_cluster(docs)
             if parsed.warnings:
@@ -170,13 +249,17 @@ class _Shard:
             cluster = parsed.cluster
             if with_derived_slices(cluster) is not cluster:
                 raise _Bail()
-            ctx = node_context(cluster, node, family=family, mode=mode)
+            ctx = node_context(cluster, target.node, family=target.family, mode=target.mode,
+                               external_ip_cidrs=target.external_ip_cidrs)
         except DataplaneError:  # InputError among them: the serial path reports it
             raise _Bail() from None
-        index = slices_by_service(cluster.endpoint_slices, family)
+        index = slices_by_service(cluster.endpoint_slices, target.family)
+        # (an externalIP that is another shard's ClusterIP sends the input to the serial path:
+        # see _may_claim_a_cluster_ip)
+        owners = cluster_ip_owners(cluster.services)
         ports, warnings = [], []
         for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
-            plans, w = plan_service(svc, index.get(svc.key, ()), ctx)
+            plans, w = plan_service(svc, index.get(svc.key, ()), ctx, owners=owners)
             ports.extend(plans)
             warnings.extend(w)
         self.plan = assemble(ctx, ports)
@@ -201,12 +284,14 @@ class _Child:
         self.pid, self.results, self.control = pid, results, control
 
 
-def _fork(docs: Sequence[Document], node: str, mode: Optional[Mode], family: Family) -> _Child:
+def _fork(docs: Sequence[Document], target: _Target,
+          services: Optional[Sequence[tuple[tuple[str, str], dict]]] = None) -> _Child:
     """A child that validates and plans ``docs`` and sends ("part", count, its part) when its
     part does not depend on the other shards (nftables, or iptables when this shard's endpoints
     alone make a large cluster); otherwise ("count", count), then
     waits for the parent's verdict (L: large, S: not large, X: stop) before sending its part.
-    Sends nothing when its input needs the serial path."""
+    Sends nothing when its input needs the serial path, or when ``services`` (every Service of
+    the input, given to one child) may claim another's ClusterIP (:func:`_may_claim_a_cluster_ip`)."""
     results_r, results_w = os.pipe()
     control_r, control_w = os.pipe()
     try:  # parts are megabytes: fewer, larger pipe reads
@@ -219,7 +304,9 @@ def _fork(docs: Sequence[Document], node: str, mode: Optional[Mode], family: Fam
         try:
             os.close(results_r)
             os.close(control_w)
-            shard = _Shard(docs, node, mode, family)
+            if services is not None and _may_claim_a_cluster_ip(services):
+                raise _Bail()  # the serial path decides who keeps the address
+            shard = _Shard(docs, target)
             count = shard.endpoint_count
             if shard.plan.mode == "nftables" or _iptables.large_cluster(count):
                 _write_message(results_w, ("part", count, shard.part(True)))

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 from . import ipaddrs
 from .errors import InputError, Problem
+from .ruletext import interface_name_errors, shown
 from .ipaddrs import IPV4_PATTERN as _IPV4_PATTERN
 from .loader import Document, document_problems, format_value, gc_paused, quote, read_documents
 from .mirror import (
@@ -327,7 +328,7 @@ class _Checker:
         """``Kind namespace/name`` (``Kind name`` when cluster-scoped, ``Kind`` when unnamed)."""
         if not self.name:
             return self.kind
-        return f"{self.kind} {self.ref().display}"
+        return f"{self.kind} {_one_line(self.ref().display)}"
 
     def ref(self) -> ObjectRef:
         return ObjectRef(self.kind, self.namespace, self.name, self.source, self.index)
@@ -472,7 +473,7 @@ class _Checker:
                 self.invalid(path, label_key, "must be a string")
                 continue
             if not isinstance(value, str):
-                self.invalid(f"{path}[{label_key}]", value, "must be a string")
+                self.invalid(f"{path}[{_one_line(label_key)}]", value, "must be a string")
                 continue
             self.all_invalid(path, label_key, qualified_name_errors(label_key))
             self.all_invalid(path, value, label_value_errors(value))
@@ -1405,6 +1406,7 @@ def _parse_proxy_config(c: _Checker, obj: dict) -> ProxyConfig:
         ),
         nftables_masquerade_all=bool(c.get_bool(nftables, "masqueradeAll", "nftables.masqueradeAll", False)),
         nftables_masquerade_bit=_masquerade_bit(c, nftables, "nftables.masqueradeBit"),
+        external_ip_cidrs=_external_ip_cidrs(c, obj),
         ref=c.ref(),
     )
 
@@ -1444,7 +1446,14 @@ def _cluster_cidrs(c: _Checker, obj: dict) -> tuple[str, ...]:
 
 
 def _detect_local(c: _Checker, obj: dict) -> tuple[str, str, str]:
-    """``detectLocalMode`` (blank means ClusterCIDR) and the interface it may need."""
+    """``detectLocalMode`` (blank means ClusterCIDR) and the interface it may need.
+
+    kube-proxy checks only that the selected mode's interface field is set: it hands the
+    name to iptables and nft as a process argument. We write it into rules text, so a value,
+    whichever mode is selected, must also be a Linux interface name (for the prefix, one the
+    rules' wildcard still fits) without characters that are special in rule text
+    (:func:`dataplane.ruletext.interface_name_errors`).
+    """
     mode = c.get_str(obj, "detectLocalMode", "detectLocalMode") or ""
     if mode not in DETECT_LOCAL_MODES:
         c.unsupported("detectLocalMode", mode, DETECT_LOCAL_MODES)
@@ -1455,6 +1464,10 @@ def _detect_local(c: _Checker, obj: dict) -> tuple[str, str, str]:
         c.invalid("detectLocal.bridgeInterface", bridge, "must not be empty")
     if mode == "InterfaceNamePrefix" and not prefix:
         c.invalid("detectLocal.interfaceNamePrefix", prefix, "must not be empty")
+    if bridge:
+        c.all_invalid("detectLocal.bridgeInterface", bridge, interface_name_errors(bridge))
+    if prefix:
+        c.all_invalid("detectLocal.interfaceNamePrefix", prefix, interface_name_errors(prefix, prefix=True))
     return mode or "ClusterCIDR", bridge, prefix
 
 
@@ -1470,6 +1483,20 @@ def _node_port_addresses(c: _Checker, obj: dict) -> tuple[str, ...]:
             result.append(value)
             continue
         canonical = c.cidr(path, value, "must be a valid CIDR")
+        if canonical is not None:
+            result.append(canonical)
+    return tuple(result)
+
+
+def _external_ip_cidrs(c: _Checker, obj: dict) -> Optional[tuple[str, ...]]:
+    """``externalIPCIDRs``, a kube-dataplane extension (kube-proxy has no such field): the CIDRs
+    that Services' ``spec.externalIPs`` may use (canonical); None when unset (any external IP);
+    an empty list allows none."""
+    if obj.get("externalIPCIDRs") is None:
+        return None
+    result = []
+    for i, value in enumerate(c.get_strs(obj, "externalIPCIDRs", "externalIPCIDRs") or []):
+        canonical = c.cidr(_index("externalIPCIDRs", i), value, "must be a valid CIDR")
         if canonical is not None:
             result.append(canonical)
     return tuple(result)
@@ -1554,7 +1581,8 @@ class _ClusterBuilder:
             self.problems.append(Problem(doc.source, doc.index, kind, "apiVersion", message))
             return
         self.warnings.append(
-            f"{doc.source}: document {doc.index}: ignoring {api_version} {kind}{_describe(doc.obj)}"
+            f"{doc.source}: document {doc.index}: ignoring {_one_line(api_version)} {_one_line(kind)}"
+            f"{_describe(doc.obj)}"
             " (not used by the dataplane)"
         )
 
@@ -1651,5 +1679,11 @@ def _describe(obj: dict) -> str:
         return ""
     namespace = metadata.get("namespace")
     if isinstance(namespace, str) and namespace:
-        return f" {namespace}/{metadata['name']}"
-    return f" {metadata['name']}"
+        return f" {_one_line(namespace + '/' + metadata['name'])}"
+    return f" {_one_line(metadata['name'])}"
+
+
+def _one_line(text: str) -> str:
+    """``text`` as it is if every character of it is printable, else double-quoted with
+    escapes: input shown in a message (an object's name, a kind) never breaks its line."""
+    return text if text.isprintable() else shown(text)

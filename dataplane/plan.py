@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Iterable, Literal, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Literal, Mapping, Optional, Sequence, Union
 
+from . import ipaddrs
 from .errors import UsageError
 from .model import (
     LABEL_HEADLESS,
@@ -36,6 +37,8 @@ from .model import (
     ServicePort,
     labels_get,
 )
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 Family = Literal["ipv4", "ipv6"]
 Mode = Literal["iptables", "nftables"]
@@ -506,11 +509,35 @@ class NodeContext:
     nodeports: NodePortDestinations
     sysctls: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # the CIDRs spec.externalIPs may use (canonical, every family); None: any external IP
+    external_ip_cidrs: Optional[tuple[str, ...]] = None
+    external_ip_networks: tuple[IPNetwork, ...] = field(default=(), compare=False)  # of external_ip_cidrs
+
+
+def external_ip_cidrs_of(values: Iterable[str], what: str = "external_ip_cidrs") -> tuple[str, ...]:
+    """``values`` as canonical CIDRs (sloppy forms accepted, as in manifests); raises
+    :class:`UsageError` naming ``what`` and the first value that is not a CIDR."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddrs.canonical_cidr(value.strip() if isinstance(value, str) else value))
+        except ValueError:
+            raise UsageError(f"{what}: {value!r} is not a CIDR (e.g. 203.0.113.0/24 or 2001:db8::/64)") from None
+    return tuple(out)
 
 
 def node_context(cluster: Cluster, node_name: str, *, family: Family = "ipv4",
-                 mode: Optional[Mode] = None) -> NodeContext:
-    """Decide the node-level settings. Raises :class:`UsageError` for an unknown node."""
+                 mode: Optional[Mode] = None,
+                 external_ip_cidrs: Optional[Sequence[str]] = None) -> NodeContext:
+    """Decide the node-level settings. Raises :class:`UsageError` for an unknown node.
+
+    ``external_ip_cidrs`` overrides the configuration's ``externalIPCIDRs`` (a kube-dataplane
+    extension): Services' externalIPs outside these CIDRs get no rules (an empty sequence allows
+    none); unset in both, every external IP is used, as kube-proxy does. An invalid CIDR
+    raises :class:`UsageError`.
+    """
+    allowed = (cluster.proxy_config.external_ip_cidrs if external_ip_cidrs is None
+               else external_ip_cidrs_of(external_ip_cidrs))
     node = cluster.node(node_name)
     if node is None:
         known = ", ".join(sorted(n.name for n in cluster.nodes)) or "none"
@@ -538,15 +565,106 @@ def node_context(cluster: Cluster, node_name: str, *, family: Family = "ipv4",
     return NodeContext(
         node=node, family=family, mode=mode, node_ips=node_ips, masquerade_mark=hex(1 << masq_bit),
         local_detector=detector, cluster_ip_masquerade=cluster_ip_masquerade, nodeports=nodeports,
-        sysctls=tuple(sysctls), warnings=tuple(warnings),
+        sysctls=tuple(sysctls), warnings=tuple(warnings), external_ip_cidrs=allowed,
+        external_ip_networks=tuple(ipaddress.ip_network(c, strict=False) for c in allowed or ()),
     )
 
 
-def plan_service(svc: Service, slices: Sequence[EndpointSlice], ctx: NodeContext
-                 ) -> tuple[tuple[ServicePortPlan, ...], tuple[str, ...]]:
+# ---------------------------------------------------- claimed external addresses
+
+
+Owners = Mapping[str, tuple[str, str]]  # ClusterIP -> (namespace, name) of the Service it is allocated to
+
+
+def allocated_cluster_ips(svc: Service) -> tuple[str, ...]:
+    """The ClusterIPs the API server allocated to ``svc`` (none for headless and ExternalName)."""
+    if svc.type == "ExternalName" or svc.is_headless:
+        return ()
+    return tuple(ip for ip in svc.cluster_ips if ip)
+
+
+def claimed_ips(svc: Service) -> tuple[str, ...]:
+    """The addresses ``svc`` claims rather than is allocated: its externalIPs and the IPs of its
+    load-balancer status (any that may get rules)."""
+    lb = tuple(i.ip for i in svc.load_balancer_ingress if i.ip) if svc.type == "LoadBalancer" else ()
+    return svc.external_ips + lb if lb else svc.external_ips
+
+
+def cluster_ip_owners(services: Iterable[Service]) -> dict[str, tuple[str, str]]:
+    """Every allocated ClusterIP and its Service (of two holding one, the first in namespace/name order)."""
+    owners: dict[str, tuple[str, str]] = {}
+    for svc in services:
+        for ip in allocated_cluster_ips(svc):
+            old = owners.get(ip)
+            if old is None or svc.key < old:
+                owners[ip] = svc.key
+    return owners
+
+
+def _who(svc: Service) -> str:
+    return svc.ref.where() if svc.ref.source != "<memory>" else f"Service {svc.namespace}/{svc.name}"
+
+
+def _without_lost_claims(svc: Service, ctx: NodeContext, owners: Owners, warnings: list[str]) -> Service:
+    """``svc`` without the externalIPs and load-balancer IPs of the context's family it may not
+    use on this node, each with a warning:
+
+    * an externalIP outside the node's ``externalIPCIDRs`` (when set; the idea of the
+      ``DenyServiceExternalIPs`` admission plugin and kubernetes-sigs/externalip-webhook);
+    * an externalIP or load-balancer IP that is another Service's ClusterIP: an allocated
+      ClusterIP always wins over a claimed address (CVE-2020-8554), whatever the names.
+    """
+    if not svc.external_ips and not (svc.type == "LoadBalancer" and svc.load_balancer_ingress):
+        return svc
+    family = ctx.family
+
+    def lost(ip: str, field_path: str, allow_list: bool) -> bool:
+        if family_of(ip) != family:
+            return False  # the other family's plan decides
+        if allow_list and ctx.external_ip_cidrs is not None:
+            address = ipaddress.ip_address(ip)
+            if not any(address in net for net in ctx.external_ip_networks):
+                allowed = ", ".join(ctx.external_ip_cidrs) or "none"
+                warnings.append(f"{_who(svc)}: {field_path}: {ip} is outside the allowed external IP CIDRs "
+                                f"(externalIPCIDRs / --external-ip-cidrs: {allowed}); ignored")
+                return True
+        owner = owners.get(ip)
+        if owner is not None and owner != svc.key:
+            warnings.append(f"{_who(svc)}: {field_path}: {ip} is the ClusterIP of Service {owner[0]}/{owner[1]}; "
+                            f"ignored, as an allocated ClusterIP always wins over a claimed address")
+            return True
+        return False
+
+    external = tuple(ip for ip in svc.external_ips if not lost(ip, "spec.externalIPs", True))
+    ingress = tuple(i for i in svc.load_balancer_ingress
+                    if not (i.ip and svc.type == "LoadBalancer" and i.ip_mode != "Proxy"
+                            and lost(i.ip, "status.loadBalancer.ingress", False)))
+    if external == svc.external_ips and ingress == svc.load_balancer_ingress:
+        return svc
+    return replace(svc, external_ips=external, load_balancer_ingress=ingress)
+
+
+def _open_family_warning(svc: Service, plans: Sequence[ServicePortPlan], family: Family) -> Optional[str]:
+    """A warning when ``svc``'s loadBalancerSourceRanges restrict only the other family: its
+    load-balancer IPs of ``family`` then accept every source (kube-proxy filters each family by
+    that family's ranges alone, and so do we)."""
+    if not plans or not svc.load_balancer_source_ranges or not plans[0].load_balancer_ips:
+        return None
+    if any(_cidr_family(r) == family for r in svc.load_balancer_source_ranges):
+        return None
+    fam = _ADDRESS_TYPE[family]
+    return (f"{_who(svc)}: spec.loadBalancerSourceRanges: no {fam} range, so {fam} stays open: its {fam} "
+            f"load-balancer IPs ({', '.join(plans[0].load_balancer_ips)}) accept traffic from any source "
+            f"(as kube-proxy does); add an {fam} range to restrict them")
+
+
+def plan_service(svc: Service, slices: Sequence[EndpointSlice], ctx: NodeContext, *,
+                 owners: Owners) -> tuple[tuple[ServicePortPlan, ...], tuple[str, ...]]:
     """Plan every port of one Service on the node: (port plans, warnings).
 
-    ``slices`` are the Service's EndpointSlices of the context's family.
+    ``slices`` are the Service's EndpointSlices of the context's family; ``owners`` maps every
+    allocated ClusterIP of the cluster to its Service (:func:`cluster_ip_owners`): an externalIP
+    or load-balancer IP that is another Service's ClusterIP gets no rules.
     """
     warnings: list[str] = []
     why = should_skip_service(svc)
@@ -555,6 +673,7 @@ def plan_service(svc: Service, slices: Sequence[EndpointSlice], ctx: NodeContext
                         "(kube-proxy skips it); `--allocate` fills it in as the API server would")
     if why:
         return (), tuple(warnings)
+    svc = _without_lost_claims(svc, ctx, owners, warnings)
     plans = []
     for port in svc.ports:
         p = plan_service_port(
@@ -564,6 +683,10 @@ def plan_service(svc: Service, slices: Sequence[EndpointSlice], ctx: NodeContext
         if p is not None:
             plans.append(p)
     plans.sort(key=lambda p: (p.port_name, p.protocol))
+    if svc.type == "LoadBalancer":
+        open_family = _open_family_warning(svc, plans, ctx.family)
+        if open_family:
+            warnings.append(open_family)
     return tuple(plans), tuple(warnings)
 
 
@@ -597,18 +720,21 @@ def build_plan(
     *,
     family: Family = "ipv4",
     mode: Optional[Mode] = None,
+    external_ip_cidrs: Optional[Sequence[str]] = None,
 ) -> NodePlan:
     """Plan node ``node_name`` for one IP family.
 
-    ``mode`` defaults to the KubeProxyConfiguration's mode. Raises
-    :class:`UsageError` when the node is not in the input.
+    ``mode`` defaults to the KubeProxyConfiguration's mode; ``external_ip_cidrs`` overrides its
+    ``externalIPCIDRs`` (see :func:`node_context`). Raises :class:`UsageError` when the node is
+    not in the input or a CIDR is invalid.
     """
-    ctx = node_context(cluster, node_name, family=family, mode=mode)
+    ctx = node_context(cluster, node_name, family=family, mode=mode, external_ip_cidrs=external_ip_cidrs)
     index = _slice_index(cluster.endpoint_slices, family)
+    owners = cluster_ip_owners(cluster.services)
     services: list[ServicePortPlan] = []
     warnings: list[str] = []
     for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
-        plans, w = plan_service(svc, index.get(svc.key, ()), ctx)
+        plans, w = plan_service(svc, index.get(svc.key, ()), ctx, owners=owners)
         services.extend(plans)
         warnings.extend(w)
     warnings.extend(frontend_conflicts(services))
@@ -619,9 +745,11 @@ def frontend_conflicts(services: Iterable[ServicePortPlan]) -> list[str]:
     """Warnings for frontends (IP, protocol, port; or NodePort) that two Services claim.
 
     The API server keeps ClusterIPs and NodePorts unique but not external IPs (nor
-    load-balancer IPs that a controller wrote twice). kube-proxy's iptables rules then
-    send such packets to the first Service in rule order; both backends do the same
-    (the nftables maps keep the first element)."""
+    load-balancer IPs that a controller wrote twice). An external or load-balancer IP that
+    is another Service's ClusterIP never gets here (:func:`plan_service` drops it: the
+    allocated ClusterIP wins). Among claims of one kind, kube-proxy's iptables rules send
+    the packets to the first Service in rule order; both backends do the same (the
+    nftables maps keep the first element)."""
     return claim_conflicts(frontend_claims(p) for p in services)
 
 

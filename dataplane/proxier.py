@@ -19,18 +19,35 @@ the same kernel state.
 from __future__ import annotations
 
 import hashlib
+import time
 from itertools import chain
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Protocol, Sequence
+from typing import Callable, Literal, Optional, Protocol, Sequence
 
 from .backends import iptables as ipt
 from .backends import nftables as nft
 from .conntrack import ConntrackDelete, stale_changes, stale_entries
 from .errors import DataplaneError
+from .nslock import DEFAULT_LOCK_TIMEOUT
 from .model import Cluster, EndpointSlice, Node, ProxyConfig, Service
-from .plan import Family, Mode, NodeContext, NodePlan, ServicePortPlan, assemble, node_context, plan_service
+from .plan import (
+    Family,
+    Mode,
+    NodeContext,
+    NodePlan,
+    ServicePortPlan,
+    allocated_cluster_ips,
+    assemble,
+    claimed_ips,
+    external_ip_cidrs_of,
+    node_context,
+    plan_service,
+)
 
 SyncKind = Literal["full", "partial", "none"]
+
+#: Seconds after which :meth:`Proxier.sync` does a full sync again (kube-proxy's FullSyncPeriod).
+FULL_SYNC_PERIOD = 3600.0
 
 
 class Runner(Protocol):
@@ -60,31 +77,41 @@ class RecordingRunner:
 
 
 class NetnsRunner:
-    """Applies updates inside a network namespace with the standard tools."""
+    """Applies updates inside a network namespace with the standard tools; deletes stale
+    conntrack entries over ctnetlink (:mod:`dataplane.ctnetlink`)."""
 
-    def __init__(self, ns: str):
+    def __init__(self, ns: str, *, lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> None:
+        """``lock_timeout``: seconds each apply waits for the namespace's lock while another
+        apply or cleanup holds it (None: for ever)."""
         from . import netns
 
         netns.require_netns(ns)
         self.ns = ns
+        self.lock_timeout = lock_timeout
 
     def apply(self, mode, family, text, *, full, sysctls=()):
+        """Apply ``text`` and set ``sysctls`` under the namespace's lock (one unit)."""
         from . import netns
+        from .nslock import netns_lock
 
         if not text:
             return
-        if mode == "iptables":
-            netns.apply_iptables(self.ns, text, ipv6=family == "ipv6", partial=not full)
-        else:
-            netns.apply_nftables(self.ns, text)
-        if sysctls:
-            netns.set_sysctls(self.ns, dict(sysctls))
+        with netns_lock(self.ns, self.lock_timeout):
+            if mode == "iptables":
+                netns.apply_iptables(self.ns, text, ipv6=family == "ipv6", partial=not full)
+            else:
+                netns.apply_nftables(self.ns, text)
+            if sysctls:
+                from . import ownership
 
-    def delete_conntrack(self, filters):
-        from . import netns
+                ownership.set_sysctls(self.ns, dict(sysctls))  # records the values they had, for cleanup
 
-        for f in filters:
-            netns.run_in(self.ns, f.argv(), check=False)  # exit 1: nothing matched
+    def delete_conntrack(self, filters: Sequence[ConntrackDelete]) -> None:
+        """Delete the namespace's conntrack entries the filters match, over ctnetlink."""
+        from . import ctnetlink  # imports pyroute2: only when there is something to delete
+
+        if filters:
+            ctnetlink.delete_matching(self.ns, filters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +123,8 @@ class SyncResult:
     plan: NodePlan
     changed: int  # service ports whose rules were rewritten (all of them on a full sync)
     conntrack: tuple[ConntrackDelete, ...] = ()
+    leftovers: tuple[str, ...] = ()  # what an earlier apply of the other backend left and was removed
+    drift: str = ""  # "drift repaired: ..." when the kernel's copy had changed (see dataplane.apply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +149,22 @@ class Proxier:
     """Node-local service proxy state with incremental syncs (see the module doc)."""
 
     def __init__(self, node: str, *, mode: Mode = "iptables", family: Family = "ipv4",
-                 cluster: Optional[Cluster] = None, runner: Optional[Runner] = None) -> None:
+                 cluster: Optional[Cluster] = None, runner: Optional[Runner] = None,
+                 external_ip_cidrs: Optional[Sequence[str]] = None,
+                 sync_period: Optional[float] = FULL_SYNC_PERIOD,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``external_ip_cidrs`` overrides the configuration's ``externalIPCIDRs`` (see
+        :func:`dataplane.plan.node_context`); an invalid CIDR raises :class:`UsageError`.
+        ``sync_period``: seconds (by ``clock``) after a full sync at which :meth:`sync`
+        does a full one again, repairing whatever changed behind its back, as kube-proxy
+        does every FullSyncPeriod (None: never)."""
+        if sync_period is not None and sync_period <= 0:
+            raise ValueError(f"sync_period must be positive (or None): {sync_period!r}")
+        self.sync_period = sync_period
+        self._clock = clock
+        self._last_full: Optional[float] = None  # clock() at the last successful full sync
         self.node_name = node
+        self._external_ip_cidrs = None if external_ip_cidrs is None else external_ip_cidrs_of(external_ip_cidrs)
         self.mode: Mode = mode
         self.family: Family = family
         self.runner = runner
@@ -130,6 +173,12 @@ class Proxier:
         self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._nodes: dict[str, Node] = {}
         self._config = ProxyConfig()
+        # A Service's plan depends on other Services through one thing: an externalIP or
+        # load-balancer IP that is another's ClusterIP is dropped. These indexes find the
+        # Services to re-plan when a ClusterIP comes or goes.
+        self._cluster_ip_holders: dict[str, set[_Key]] = {}  # ClusterIP -> Services allocated it
+        self._owners: dict[str, _Key] = {}  # ClusterIP -> its Service (the first holder by key)
+        self._claimants: dict[str, set[_Key]] = {}  # externalIP / LB IP -> Services claiming it
         self._dirty: set[_Key] = set()
         self._plans: dict[_Key, _Plans] = {}
         # Services re-planned since the last sync -> their plans then (None: none);
@@ -152,6 +201,9 @@ class Proxier:
     def load(self, cluster: Cluster) -> None:
         """Replace the whole state (the next sync is a full one)."""
         self._services = {s.key: s for s in cluster.services}
+        self._cluster_ip_holders, self._owners, self._claimants = {}, {}, {}
+        for svc in self._services.values():
+            self._reindex(svc.key, None, svc)
         self._slices = {}
         self._slices_by_service = {}
         for s in cluster.endpoint_slices:
@@ -161,12 +213,44 @@ class Proxier:
         self._invalidate()
 
     def set_service(self, svc: Service) -> None:
+        self._reindex(svc.key, self._services.get(svc.key), svc)
         self._services[svc.key] = svc
         self._dirty.add(svc.key)
 
     def delete_service(self, namespace: str, name: str) -> None:
-        self._services.pop((namespace, name), None)
+        old = self._services.pop((namespace, name), None)
+        if old is not None:
+            self._reindex(old.key, old, None)
         self._dirty.add((namespace, name))
+
+    def _reindex(self, key: _Key, old: Optional[Service], new: Optional[Service]) -> None:
+        """Update the ClusterIP and claim indexes for a Service going from ``old`` to ``new``
+        (None: absent); the Services claiming a ClusterIP that came or went are re-planned."""
+        was = allocated_cluster_ips(old) if old is not None else ()
+        now = allocated_cluster_ips(new) if new is not None else ()
+        if was != now:
+            for ip in set(was).symmetric_difference(now):
+                holders = self._cluster_ip_holders.setdefault(ip, set())
+                if ip in now:
+                    holders.add(key)
+                else:
+                    holders.discard(key)
+                if holders:
+                    self._owners[ip] = min(holders)
+                else:
+                    del self._cluster_ip_holders[ip]
+                    self._owners.pop(ip, None)
+                self._dirty.update(self._claimants.get(ip, ()))
+        was = claimed_ips(old) if old is not None else ()
+        now = claimed_ips(new) if new is not None else ()
+        if was != now:
+            for ip in set(was).difference(now):
+                claimants = self._claimants[ip]
+                claimants.discard(key)
+                if not claimants:
+                    del self._claimants[ip]
+            for ip in now:
+                self._claimants.setdefault(ip, set()).add(key)
 
     def set_endpoint_slice(self, eps: EndpointSlice) -> None:
         key = (eps.namespace, eps.name)
@@ -215,7 +299,7 @@ class Proxier:
         if self._ctx is None:
             self._ctx = node_context(
                 Cluster(nodes=tuple(self._nodes.values()), proxy_config=self._config),
-                self.node_name, family=self.family, mode=self.mode)
+                self.node_name, family=self.family, mode=self.mode, external_ip_cidrs=self._external_ip_cidrs)
             self._base = assemble(self._ctx, ())
         return self._ctx
 
@@ -235,7 +319,7 @@ class Proxier:
                 continue
             slices = [self._slices[k] for k in sorted(self._slices_by_service.get(key, ()), key=lambda k: k[1])]
             fam = slices_by_service(slices, self.family).get(key, [])
-            new = plan_service(svc, fam, ctx)
+            new = plan_service(svc, fam, ctx, owners=self._owners)
             self._plans[key] = new
             self._endpoints += sum(len(p.endpoints) for p in new[0])
             if old is None:
@@ -297,7 +381,7 @@ class Proxier:
         context = self._render_context(plan)
         self._render_changed(context)
         old = self._installed
-        full = full or old is None or old.context != context
+        full = full or old is None or old.context != context or self._resync_due()
         if full:
             frags = self._all_fragments()
             kind: SyncKind = "full"
@@ -333,11 +417,18 @@ class Proxier:
                 self._index = None  # it already holds the update the kernel refused
                 raise
         self._installed = _Installed(context, plan, dict(self._frags))
+        if full:
+            self._last_full = self._clock()
         if full and self.mode == "nftables":
             self._index = nft.TableIndex(frags)
         if self.runner is not None and conntrack:
             self.runner.delete_conntrack(conntrack)
         return SyncResult(kind, text, plan, changed, conntrack)
+
+    def _resync_due(self) -> bool:
+        """Whether ``sync_period`` has passed since the last full sync."""
+        return (self.sync_period is not None and self._last_full is not None
+                and self._clock() - self._last_full >= self.sync_period)
 
     def _render_context(self, plan: NodePlan) -> tuple:
         base = (plan.family, plan.mode, plan.node_ips, plan.masquerade_mark, plan.local_detector,

@@ -246,11 +246,11 @@ def test_sctp_clusterip_nodeport_and_external_ip(make_lab, tmp_path, backend, fa
     # SCTP to a port the Service does not have is not DNATed
     assert lab.sctp_probe("client1", client_ip(1, family), vip, 3870, capture=capture, timeout=0.2) is None
 
-    flows = {(e["orig"]["src"], e["orig"]["dst"], e["orig"]["dport"]): e["reply"]
+    flows = {(e.orig.src, e.orig.dst, e.orig.dport): e.reply
              for e in lab.conntrack_entries("node1", "sctp", family=family)}
     expected = {(client_ip(1, family), dst, port): node1 for dst, port in destinations}
     expected[(pod_ip("pod1-2", family), vip, 3868)] = pod_ip("pod1-2", family)  # not masqueraded
     for key, reply_dst in expected.items():
         reply = flows.get(key)
         assert reply is not None, f"no conntrack entry for {key}: {flows}"
-        assert (reply["src"], reply["sport"], reply["dst"]) == (endpoint, 3869, reply_dst), reply
+        assert (reply.src, reply.sport, reply.dst) == (endpoint, 3869, reply_dst), reply

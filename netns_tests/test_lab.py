@@ -9,6 +9,7 @@ import textwrap
 import pytest
 from pyroute2 import netns as pr_netns
 
+from dataplane.conntrack import FlowTuple
 from dataplane.errors import UsageError
 from dataplane.lab import (
     ClientSpec,
@@ -16,7 +17,6 @@ from dataplane.lab import (
     NodeSpec,
     PodSpec,
     Topology,
-    parse_conntrack,
 )
 from dataplane.netns import NETNS_DIR, in_netns, run_in
 
@@ -74,21 +74,6 @@ def test_overlapping_pod_cidrs_are_rejected():
     with pytest.raises(UsageError, match="overlap"):
         Topology(nodes=(NodeSpec(name="a", ip="192.0.2.1", pod_cidr="10.244.0.0/16"),
                         NodeSpec(name="b", ip="192.0.2.2", pod_cidr="10.244.1.0/24")))
-
-
-def test_parse_conntrack():
-    text = textwrap.dedent("""\
-        sctp     132 2 COOKIE_WAIT src=192.0.2.100 dst=10.96.0.10 sport=40777 dport=7777 [UNREPLIED] src=10.244.1.10 dst=192.0.2.100 sport=7778 dport=40777 mark=0 use=1
-        tcp      6 431999 ESTABLISHED src=192.0.2.100 dst=10.96.0.10 sport=38598 dport=80 src=10.244.1.10 dst=192.0.2.1 sport=8080 dport=38598 [ASSURED] mark=0 use=1
-        udp      17 29 src=192.0.2.2 dst=10.96.0.10 sport=40053 dport=53 [UNREPLIED] src=10.244.1.10 dst=192.0.2.2 sport=5353 dport=40053 mark=0 use=1
-        """)
-    sctp, tcp, udp = parse_conntrack(text)
-    assert sctp["proto"] == "sctp" and sctp["protonum"] == 132 and sctp["state"] == "COOKIE_WAIT"
-    assert sctp["orig"] == {"src": "192.0.2.100", "dst": "10.96.0.10", "sport": 40777, "dport": 7777}
-    assert sctp["reply"] == {"src": "10.244.1.10", "dst": "192.0.2.100", "sport": 7778, "dport": 40777}
-    assert sctp["flags"] == ["UNREPLIED"] and sctp["attrs"] == {"mark": "0", "use": "1"}
-    assert tcp["state"] == "ESTABLISHED" and tcp["flags"] == ["ASSURED"] and tcp["timeout"] == 431999
-    assert udp["state"] is None and udp["reply"]["dst"] == "192.0.2.2"
 
 
 # --------------------------------------------------------------------------- namespaces
@@ -229,7 +214,9 @@ def test_sctp_probe_and_conntrack_without_nat(make_lab):
     assert (seen.src, seen.dst, seen.sport, seen.dport) == ("192.0.2.100", "10.244.1.10", 4000, 9)
     assert lab.sctp_probe("client1", "192.0.2.100", "10.244.1.10", 9, capture=("pod1-2", "eth0"),
                           timeout=0.2) is None  # the other pod never sees it
-    [entry] = [e for e in lab.conntrack_entries("node1", "sctp") if e["orig"]["sport"] == 4000]
-    assert entry["orig"] == {"src": "192.0.2.100", "dst": "10.244.1.10", "sport": 4000, "dport": 9}
-    assert entry["reply"] == {"src": "10.244.1.10", "dst": "192.0.2.100", "sport": 9, "dport": 4000}
+    [entry] = [e for e in lab.conntrack_entries("node1", "sctp") if e.orig.sport == 4000]
+    assert entry.orig == FlowTuple("192.0.2.100", "10.244.1.10", 4000, 9)
+    assert entry.reply == FlowTuple("10.244.1.10", "192.0.2.100", 9, 4000)
+    assert not entry.dst_nat
+    assert entry.state in ("COOKIE_WAIT", "CLOSED")  # CLOSED once the pod's kernel ABORTs the INIT
     assert lab.conntrack_entries("node1", "sctp", family="ipv6") == []

@@ -5,11 +5,13 @@
 * established TCP connections survive every update;
 * a UDP flow moves to a new endpoint within one sync after its endpoint is removed;
 * other programs' rules survive apply, updates and cleanup;
-* killing `dataplane apply` at random points never leaves a half-applied state.
+* killing `dataplane apply` at random points never leaves a half-applied state, nor a file.
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
 import random
 import signal
 import socket
@@ -399,10 +401,12 @@ def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, bac
     assert reference[0] != reference[1]
     rng = random.Random(99)
     seen = {0: 0, 1: 0}
+    scratch = tmp_path / "tmpdir"  # where any temporary file of the killed applies would stay
+    scratch.mkdir()
     for attempt in range(16):
-        proc = subprocess.Popen(cli + ["-f", str(versions[attempt % 2])],
+        proc = subprocess.Popen(cli + ["-f", str(versions[attempt % 2])], env={**os.environ, "TMPDIR": str(scratch)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 2.0))  # from start-up to the end of the apply (about 1.5-2 s)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         # a restore tool already started finishes on its own: wait until the state settles
@@ -418,4 +422,7 @@ def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, bac
     print(f"\n{backend}: after 16 kills the kernel held version 0 {seen[0]}x, version 1 {seen[1]}x")
     # and the next apply recovers whatever the record says
     subprocess.run(cli + ["-f", str(versions[1])], check=True, capture_output=True)
+    # no kill left a file behind: the tools read anonymous memfds, a half-written record is swept
+    assert list(scratch.iterdir()) == []
+    assert not glob.glob(f"/run/kube-dataplane/{node}/.record-*")
     assert _canonical(node, backend) == reference[1]

@@ -282,11 +282,11 @@ def test_sctp_clusterip_and_nodeport_dnat_seen_by_pod_and_conntrack(cluster):
         assert seen is not None, f"SCTP INIT to {dst}:{port} never reached the endpoint"
         assert (seen.dst, seen.dport, seen.src) == (endpoint, 3869, node1), seen
     entries = lab.conntrack_entries("node1", "sctp", family=family)
-    flows = {(e["orig"]["src"], e["orig"]["dst"], e["orig"]["dport"]): e["reply"] for e in entries}
+    flows = {(e.orig.src, e.orig.dst, e.orig.dport): e.reply for e in entries}
     for dst, port in destinations:
         reply = flows.get((cluster.client, dst, port))
         assert reply is not None, f"no conntrack entry for {cluster.client} -> {dst}:{port}: {entries}"
-        assert (reply["src"], reply["sport"], reply["dst"]) == (endpoint, 3869, node1), reply
+        assert (reply.src, reply.sport, reply.dst) == (endpoint, 3869, node1), reply
 
 
 def test_rules_in_the_kernel_match_the_compiled_rules_and_reapply_is_idempotent(cluster):

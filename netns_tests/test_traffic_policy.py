@@ -124,7 +124,7 @@ class Env:
     def conntrack_to(self, ip: str) -> list:
         """node1's TCP conntrack entries whose original destination is ``ip``."""
         return [e for e in self.lab.conntrack_entries("node1", "tcp", family=self.family)
-                if e["orig"].get("dst") == ip]
+                if e.orig.dst == ip]
 
 
 @pytest.fixture(params=BACKEND_FAMILIES, ids=backend_family_id)

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.errors import InputError
-from dataplane.loader import Document, documents_from_text, format_value, load_documents
+from dataplane.loader import (
+    Document,
+    _load_yaml_all,
+    _parse_simple_yaml,
+    documents_from_text,
+    format_value,
+    load_documents,
+    read_documents,
+)
 
 SERVICE = """\
 apiVersion: v1
@@ -231,10 +239,10 @@ def test_deeply_nested_input_is_a_problem_not_a_crash(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("a: 2024-13-45\n", "cannot parse YAML: invalid value: month must be in 1..12"),
-        ("a: !!int x\n", "cannot parse YAML: invalid value: invalid literal for int() with base 10: 'x'"),
         ("a: " + "9" * 5000 + "\n", "cannot parse YAML: invalid value: Exceeds the limit (4300 digits) "
                                     "for integer string conversion: value has 5000 digits"),
+        ("# comment\na: " + "9" * 5000 + "\n", "cannot parse YAML: invalid value: Exceeds the limit (4300 digits) "
+                                                "for integer string conversion: value has 5000 digits"),
     ],
 )
 def test_yaml_values_python_cannot_build_are_problems(tmp_path, text, message):
@@ -254,9 +262,13 @@ def test_json_number_beyond_the_digit_limit_is_a_problem(tmp_path):
     ]
 
 
-def test_self_referencing_yaml_alias_is_harmless(tmp_path):
-    path = write(tmp_path, "alias.yaml", "apiVersion: v1\nkind: Service\nmetadata: &m {name: web, self: *m}\n")
-    assert load_documents([path])[0].obj["metadata"]["name"] == "web"
+def test_self_referencing_yaml_alias_is_refused_as_go_yaml_does(tmp_path):
+    """go-yaml fails with "anchor 'm' value contains itself"; a value containing itself is never built."""
+    text = "apiVersion: v1\nkind: Service\nmetadata: &m {name: web, self: *m}\n---\n" + SERVICE
+    path = write(tmp_path, "alias.yaml", text)
+    documents, problems = read_documents([path])
+    assert [str(p) for p in problems] == [f"{path}: document 1: line 3: anchor 'm' value contains itself"]
+    assert [(d.index, d.obj["metadata"]["name"]) for d in documents] == [(2, "web")]
 
 
 def test_format_value_looks_like_the_api_server():
@@ -338,3 +350,135 @@ def test_json_bytes_with_bom_or_bad_utf8_read_like_text(tmp_path):
     path = tmp_path / "two.json"  # two values: read by the json module, each a document
     path.write_text(json.dumps(obj) + "\n" + json.dumps({**obj, "metadata": {"name": "n2"}}))
     assert [d.obj["metadata"]["name"] for d in load_documents([str(path)])] == ["n1", "n2"]
+
+
+# ------------------------------------------- YAML as the API server reads it
+# sigs.k8s.io/yaml over go-yaml v2 (anchors §5.7): each case is read by the fast
+# block reader and, behind a comment, by the PyYAML path; both must agree.
+
+
+def _both_paths(text: str) -> list:
+    fast = _load_yaml_all(text)
+    slow = _load_yaml_all("# through PyYAML\n" + text)
+    assert _parse_simple_yaml(text) is not None and _parse_simple_yaml("# c\n" + text) is None
+    assert fast == slow and [type(d) for d in fast] == [type(d) for d in slow]
+    return fast
+
+
+@pytest.mark.parametrize("scalar, expected", [
+    ("1:20", "1:20"), ("190:20:30.15", "190:20:30.15"),  # no base 60
+    ("017", 15), ("0o17", 15), ("0O17", 15), ("0x1F", 31), ("0X1f", 31), ("0b101", 5), ("-0b101", -5),
+    ("+12", 12), ("-0", 0), ("0x", "0x"), ("08", 8),  # 08 is no octal: the float 8, which JSON writes as 8
+    ("1_000", 1000), ("0x_1F", 31), ("-1_0", -10), ("_1", "_1"),  # "_" removed before parsing
+    ("y", True), ("Y", True), ("yes", True), ("On", True), ("TRUE", True),
+    ("n", False), ("NO", False), ("off", False), ("False", False), ("yEs", "yEs"), ("oN", "oN"),
+    ("~", None), ("null", None), ("Null", None), ("nULL", "nULL"),
+    ("80.0", 80), ("8e1", 80), ("1.5", 1.5), (".5", 0.5), ("-0.5e1", -5), ("1e21", 1e21), ("1e400", "1e400"),
+    ("18446744073709551615", 18446744073709551615), ("99999999999999999999", 10**20),
+    ("2024-01-01", "2024-01-01"), ("2024-13-45", "2024-13-45"), ("=", "="), ("<<", "<<"),
+    ("10.96.0.1", "10.96.0.1"), ("1.2.3", "1.2.3"), ("1-2-3-4", "1-2-3-4"), ("-1e-5", -1e-05), ("1e-5", 1e-05),
+])
+def test_plain_scalars_resolve_as_go_yaml_v2_does(scalar, expected):
+    value = _both_paths(f"v: {scalar}\n")[0]["v"]
+    assert value == expected and type(value) is type(expected)
+
+
+def test_keys_become_the_json_keys_sigs_yaml_makes():
+    text = "yes: a\nn: b\n1.5: c\n1e6: d\n0x10: e\n-0.0: f\n123456789.0: g\n0.00001: h\n.inf: i\n017: j\n"
+    assert list(_both_paths(text)[0]) == [
+        "true", "false", "1.5", "1e+06", "16", "-0", "1.2345679e+08", "1e-05", ".inf", "15"]
+
+
+@pytest.mark.parametrize("text, line, shown", [
+    ("~: x\n", 1, "null"), ("a: 1\nnull: x\n", 2, "null"),
+    ("18446744073709551615: x\n", 1, "18446744073709551615"),  # a uint64: not an int key in Go
+])
+def test_keys_json_cannot_have_are_problems(tmp_path, text, line, shown):
+    path = write(tmp_path, "keys.yaml", text + "---\n" + SERVICE)
+    documents, problems = read_documents([path])
+    assert [str(p) for p in problems] == [f"{path}: document 1: line {line}: unsupported map key: {shown}"]
+    assert [d.index for d in documents] == [2]
+
+
+DUPLICATES = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  name: api
+spec:
+  ports:
+  - port: 80
+    port: 81
+  selector:
+    app: a
+  selector:
+    app: b
+"""
+
+
+@pytest.mark.parametrize("comment", ["", "# read by PyYAML\n"])
+def test_keys_set_twice_are_errors_naming_file_document_and_line(tmp_path, comment):
+    """kubectl's strict decoding: every key set twice, at the line of its second value (go-yaml's line:
+    for a block mapping, that of its first entry); the other documents are still read."""
+    path = write(tmp_path, "dup.yaml", comment + SERVICE + "---\n" + DUPLICATES + "---\n" + SERVICE)
+    documents, problems = read_documents([path])
+    shift = 4 + len(comment.splitlines())
+    assert [str(p) for p in problems] == [
+        f'{path}: document 2: line {shift + 5}: key "name" already set in map',
+        f'{path}: document 2: line {shift + 9}: key "port" already set in map',
+        f'{path}: document 2: line {shift + 13}: key "selector" already set in map',
+    ]
+    assert [d.index for d in documents] == [1, 3]
+
+
+def test_keys_equal_once_made_json_keys_are_set_twice(tmp_path):
+    path = write(tmp_path, "dup.yaml", "a:\n  80: x\n  '80': y\n  on: 1\n  true: 2\n")
+    documents, problems = read_documents([path])
+    assert [p.message for p in problems] == [
+        'line 3: key "80" already set in map', 'line 5: key "true" already set in map']
+
+
+def test_merge_keys_merge_and_strict_decoding_refuses_overriding_one(tmp_path):
+    merged = "base: &b {a: 1, b: 2}\nm:\n  <<: *b\n  c: 3\nk: {<<: [*b, {d: 4}]}\n"
+    assert _load_yaml_all(merged) == [{"base": {"a": 1, "b": 2}, "m": {"a": 1, "b": 2, "c": 3},
+                                       "k": {"a": 1, "b": 2, "d": 4}}]
+    path = write(tmp_path, "merge.yaml", "base: &b {a: 1}\nm:\n  <<: *b\n  a: 2\n")
+    assert [p.message for p in read_documents([path])[1]] == ['line 4: key "a" already set in map']
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a: !!str 017\n", {"a": "017"}), ("a: !!float 1\n", {"a": 1}), ("a: !!bool yes\n", {"a": True}),
+    ("a: !!int 0x1F\n", {"a": 31}), ("a: !!null\n", {"a": None}), ("a: !!timestamp 2024-01-01\n", {"a": "2024-01-01"}),
+])
+def test_explicit_tags_keep_their_meaning(text, expected):
+    assert _load_yaml_all(text) == [expected]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: !!int 1:20\n", "line 1: cannot decode !!str `1:20` as a !!int"),
+    ("a: !!int x\n", "line 1: cannot decode !!str `x` as a !!int"),
+    ("a: !!bool 1\n", "line 1: cannot decode !!int `1` as a !!bool"),
+    ("a: !!timestamp x\n", "line 1: cannot decode !!str `x` as a !!timestamp"),
+])
+def test_explicit_tags_that_do_not_fit_are_problems(tmp_path, text, message):
+    path = write(tmp_path, "tags.yaml", text)
+    assert [str(p) for p in read_documents([path])[1]] == [f"{path}: document 1: {message}"]
+
+
+def test_a_port_written_in_base_60_must_be_an_integer(tmp_path):
+    from dataplane.parse import load_cluster
+
+    path = write(tmp_path, "svc.yaml", """\
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: default}
+        spec:
+          ports:
+          - {name: a, port: 1:20}
+          - {name: b, port: 80.0, targetPort: 017}
+        """)
+    with pytest.raises(InputError) as info:
+        load_cluster([path])
+    assert messages(info.value) == [
+        f'{path}: document 1: Service default/web: spec.ports[0].port: Invalid value: "1:20": must be an integer']

@@ -1,30 +1,40 @@
-"""The fast YAML readers in dataplane.loader build exactly what PyYAML's safe loader builds.
+"""The fast YAML readers in dataplane.fastyaml build exactly what GoSafeLoader builds.
 
-``_parse_simple_yaml`` reads the plain block subset that kubectl writes and
-must either give up (None) or agree with ``yaml.safe_load_all`` (types
+GoSafeLoader (dataplane.goyaml) is PyYAML's safe loader reading YAML as the API
+server does (go-yaml v2). ``_parse_simple_yaml`` reads the plain block subset
+that kubectl writes and must either give up (None) or agree with it (types
 included: ``1`` is not ``True``); ``_load_yaml_all`` (what the loader uses)
-must agree with it on every input, errors included.
+must agree with it on every input, errors and refused documents included.
 """
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataplane.loader import _any_match, _load_yaml_all, _parse_simple_yaml
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from dataplane.fastyaml import RejectedDocument, _may_have_aliases
+from dataplane.goyaml import DocumentError, GoSafeLoader
+from dataplane.loader import _load_yaml_all, _parse_simple_yaml
 
 
 def _pyyaml(text: str):
+    """What GoSafeLoader reads, document by document (a refused one as a RejectedDocument)."""
+    loader = GoSafeLoader(text)
     try:
-        return "ok", list(yaml.load_all(text, Loader=_LOADER))
+        documents = []
+        while loader.check_data():
+            try:
+                documents.append(loader.get_data())
+            except DocumentError as err:
+                documents.append(RejectedDocument(err.messages))
+        return "ok", documents
     except Exception as err:  # noqa: BLE001 - any failure is an outcome to compare
         return "error", f"{type(err).__name__}: {err}"
+    finally:
+        loader.dispose()
 
 
 def _ours(text: str):
@@ -100,15 +110,16 @@ metadata:
 def test_kubectl_output_is_read_by_the_fast_reader():
     got = _parse_simple_yaml(KUBECTL)
     assert got is not None
-    assert same(got, list(yaml.load_all(KUBECTL, Loader=_LOADER)))
+    assert same(got, _pyyaml(KUBECTL)[1])
 
 
 @pytest.mark.parametrize("text", [
     "", "\n\n", "---\n", "---\n---\n", "a: 1\n---\n", "---\n---\na: 1\n", "a: 1\n---\nb: 2\n",
     "a:\n- 1\n- 2\nb: 3\n", "- - a\n  - b\n- c\n", "-   a\n-   b: 1\n    c: 2\n",
     "a: 0755\nb: 1:30\nc: on\nd: ~\ne: .inf\nf: -5\ng: 1_000\nh: 0x1F\ni: 1.5e3\nj: .NaN\nk: NO\n",
-    "80: x\ntrue: y\nnull: z\n'80': w\n", "a: x\n\n   \nb: y\n", "k: 'it''s'\nj: \"q\"\n", "a: b c  d   \n",
-    "  a: 1\n  b: 2\n", "a: [] \nb: {}\n", "a:\n  b:\n    c: d\n  e: f\n", "a: b\na: c\n",
+    "80: x\ntrue: y\n'81': w\n1.5: v\n", "a: x\n\n   \nb: y\n", "a: 2024-01-01\nb: =\nc: <<\nd: y\n",
+    "k: 'it''s'\nj: \"q\"\n", "a: b c  d   \n",
+    "  a: 1\n  b: 2\n", "a: [] \nb: {}\n", "a:\n  b:\n    c: d\n  e: f\n", "a:\n  a: 1\nb:\n  a: 2\n",
     # document start with trailing spaces
     "a: 1\n--- \nb: 2\n", "---   \n", "--- \n--- \n",
     # lines that share all but their value (one key, many kinds of value)
@@ -133,7 +144,8 @@ def test_fast_reader_agrees_with_pyyaml(text):
 
 @pytest.mark.parametrize("text", [
     "# comment\na: 1\n", "a: 1 # note\n", "a: &x 1\nb: *x\n", "a: !!str 1\n", "a: {b: 1}\n", "a: [1]\n",
-    "a: |\n  text\n", "a: >\n  text\n", "a: 2024-01-01\n", "<<: {a: 1}\n", "a: \"x\\ty\"\n", "a: caf\u00e9\n",
+    "a: |\n  text\n", "a: >\n  text\n", "a: b\na: c\n", "<<: {a: 1}\n", "80: x\n'80': w\n", "~: x\n",
+    "a: 1\n<<: x\n", "- a:\n    b: 1\n    b: 2\n", "y: 1\n'true': 2\n", "a: \"x\\ty\"\n", "a: caf\u00e9\n",
     "a: 1\r\nb: 2\r\n", "a:\tb\n", "--- a\n", "...\n", "a: b: c\n", "a: b\n  c\n", "- a\nb: 1\n", "hello\n",
     "a:\n  - b\n  c: d\n", "? a\n: b\n", "a: 'x\n  y'\n", "-\n  a\n", "a: -\n", "a: :b\n", "a: 'b' c\n",
     "a: b\x0cc\n", "a: b\x0bc\n", "a: b\x1cc\n", "a: b\x7f\n", "a\x1cb: c\n", "a: b\x85\n", "- a\r\n",
@@ -209,8 +221,13 @@ def test_fast_readers_agree_with_pyyaml_on_random_block_yaml(text):
 def test_fast_pyyaml_path_keeps_aliases_shared():
     docs = _load_yaml_all("a: &m {x: 1}\nb: *m\nc: &s [1]\nd: *s\n")
     assert docs[0]["a"] is docs[0]["b"] and docs[0]["c"] is docs[0]["d"]
-    looped = _load_yaml_all("a: &m {name: web, self: *m}\n")[0]["a"]
-    assert looped["self"] is looped
+
+
+def test_an_anchor_containing_itself_is_refused_as_go_yaml_does():
+    text = "a: 1\n---\nmeta: &m {name: web, self: *m}\n---\nb: 2\n"
+    expected = [{"a": 1}, RejectedDocument(("line 3: anchor 'm' value contains itself",)), {"b": 2}]
+    assert _load_yaml_all(text) == expected
+    assert _pyyaml(text) == ("ok", expected)
 
 
 _SCALARS = st.one_of(
@@ -270,19 +287,43 @@ def test_fast_reader_reads_deep_nesting_like_pyyaml_and_leaves_too_deep_to_it():
     assert _ours(too_deep) == _pyyaml(too_deep)
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.sampled_from("0123456789._:-+eExXoObB aAfFlLnNsStTuUyY~<=Z"), min_size=1, max_size=16))
-def test_combined_resolver_regex_matches_where_any_resolver_does(text):
-    for resolvers in _LOADER.yaml_implicit_resolvers.values():
-        matches = _any_match(resolvers)
-        assert matches is not None
-        assert (matches(text) is not None) == any(regexp.match(text) for _, regexp in resolvers)
+def _has_shared_node(text: str) -> bool:
+    """True if some node of the composed documents is reached twice (an alias), False otherwise or on error."""
+    loader = GoSafeLoader(text)
+    try:
+        while loader.check_node():
+            seen: set[int] = set()
+            stack = [loader.get_node()]
+            while stack:
+                node = stack.pop()
+                if id(node) in seen:
+                    return True
+                seen.add(id(node))
+                if isinstance(node.value, list):
+                    for item in node.value:
+                        stack.extend(item if isinstance(item, tuple) else (item,))
+        return False
+    except yaml.YAMLError:
+        return False
+    finally:
+        loader.dispose()
 
 
-def test_combined_resolver_regex_keeps_verbose_comments_apart_and_refuses_what_it_cannot_combine():
-    commented = [("t:a", re.compile(r"^a+$  # letters", re.VERBOSE)), ("t:b", re.compile(r"^b$", re.VERBOSE))]
-    matches = _any_match(commented)
-    assert matches is not None and matches("b") and matches("aa") and not matches("ab")
-    assert _any_match([]) is None
-    assert _any_match([("t:a", re.compile("^a$", re.VERBOSE)), ("t:b", re.compile("^b$"))]) is None  # flags differ
-    assert _any_match([("t:a", re.compile("^(a)$"))]) is None  # a group
+@pytest.mark.parametrize("text", [
+    "a: &x 1\nb: *x\n", "a: &x 1\nb: [*x,*x]\n", "a: &x 1\nb: {c: *x}\n", 'a: &x 1\nb: {"c":*x}\n',
+    "a: &x 1\nb:\t*x\n", "&x a: *x\n", "a: &x 1\n? *x\n: 2\n", "- &x 1\n- *x\n", "\ufeffa: &x 1\nb: *x\n",
+])
+def test_alias_check_runs_for_every_alias(text):
+    assert _has_shared_node(text) and _may_have_aliases(text)
+
+
+@pytest.mark.parametrize("text", ["a: '*x' &\n", 'a: "b*c" &\n', "a: b*c &\n", "a: *x\n", "a: 1\n# *x\n"])
+def test_alias_check_is_skipped_where_no_alias_can_be(text):
+    assert not _may_have_aliases(text)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_block_yaml())
+def test_text_said_to_hold_no_alias_holds_none(text):
+    if not _may_have_aliases(text):
+        assert not _has_shared_node(text)

@@ -19,11 +19,14 @@ def test_the_suite_runs_the_installed_wheel():
     if os.environ.get("DATAPLANE_TEST_INSTALLED") != "1":
         assert PACKAGE == ROOT / "dataplane"  # a developer's editable install
         return
-    assert ROOT not in PACKAGE.parents, f"tests import the checkout ({PACKAGE}), not the installed wheel"
-    assert ROOT not in TEMPLATES_DIR.parents
+    def installed(path: Path) -> bool:
+        return "site-packages" in path.parts and path.resolve() not in (ROOT / "dataplane", ROOT / "templates")
+
+    assert installed(PACKAGE), f"tests import the checkout ({PACKAGE}), not the installed wheel"
+    assert installed(TEMPLATES_DIR), TEMPLATES_DIR
     proc = subprocess.run([sys.executable, "-I", "-c", "import dataplane; print(dataplane.__file__)"],
                           capture_output=True, text=True, cwd=ROOT, check=True)
-    assert ROOT not in Path(proc.stdout.strip()).parents
+    assert installed(Path(proc.stdout.strip()).parent)
 
 
 def test_templates_ship_with_the_package():

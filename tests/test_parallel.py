@@ -146,6 +146,49 @@ def test_what_needs_the_whole_input_is_left_to_the_serial_path(small_shards):
     assert _left_to_serial(docs_of(orphan))
 
 
+def test_an_external_ip_that_is_another_services_cluster_ip_is_left_to_the_serial_path(small_shards):
+    """A shard plans its own Services only, but an allocated ClusterIP wins over an externalIP or
+    load-balancer IP another Service claims: such input (spelled sloppily, too) is compiled
+    serially, which gives the ClusterIP to its Service with a warning."""
+    base = BENCH.make_cluster(60, 3)
+    services = [o for o in base["items"] if o["kind"] == "Service"]
+    last_ip = services[-1]["spec"]["clusterIP"]
+    sloppy = ".".join(f"0{octet}" for octet in last_ip.split("."))
+    for claim in ({"spec": {"externalIPs": [sloppy]}},
+                  {"status": {"loadBalancer": {"ingress": [{"ip": last_ip}]}}}):
+        cluster = copy.deepcopy(base)
+        first = [o for o in cluster["items"] if o["kind"] == "Service"][0]
+        if "status" in claim:
+            first["spec"].update(type="LoadBalancer", allocateLoadBalancerNodePorts=False)
+        for key, value in claim.items():
+            first.setdefault(key, {}).update(value)
+        docs = docs_of(cluster)
+        assert _left_to_serial(docs)
+        text, warnings = serial(docs, BENCH.COMPILE_NODE, "nftables", "ipv4")
+        assert any(f"{last_ip} is the ClusterIP of Service" in w for w in warnings), warnings
+    assert not _left_to_serial(docs_of(base))
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_the_external_ip_allow_list_sharded_like_serial(small_shards, mode):
+    """Allowed and refused externalIPs in different shards, from the configuration and from the
+    keyword that overrides it: same text and warnings as serially."""
+    cluster = BENCH.make_cluster(60, 3)
+    services = [o for o in cluster["items"] if o["kind"] == "Service"]
+    services[1]["spec"]["externalIPs"] = ["203.0.113.250", "198.51.100.250"]
+    services[-1]["spec"]["externalIPs"] = ["198.51.100.251"]
+    next(o for o in cluster["items"] if o["kind"] == "KubeProxyConfiguration")["externalIPCIDRs"] = ["203.0.113.0/24"]
+    docs = docs_of(cluster)
+    for cidrs in (None, ["198.51.100.0/24"]):
+        parsed = parse_cluster(docs)
+        result = compile_rules(parsed.cluster, BENCH.COMPILE_NODE, backend=mode, external_ip_cidrs=cidrs)
+        refused = {w.split("spec.externalIPs: ")[1].split()[0] for w in result.warnings if " is outside " in w}
+        assert ({"198.51.100.250", "198.51.100.251"} <= refused if cidrs is None
+                else "203.0.113.250" in refused and not refused & {"198.51.100.250", "198.51.100.251"}), refused
+        assert parallel.compile_sharded(docs, BENCH.COMPILE_NODE, mode=mode, family="ipv4", workers=3,
+                                        external_ip_cidrs=cidrs) == (result.text, result.warnings)
+
+
 def test_cli_output_is_the_same_with_one_process_or_several(tmp_path):
     """Past MIN_SERVICES_PER_SHARD Services per process the CLI shards the work; nothing a user
     sees changes (stdout, stderr, exit status), for both backends."""

@@ -165,3 +165,72 @@ def test_a_shared_external_ip_stays_with_the_first_service_across_partial_syncs(
     assert "delete element ip kube-proxy service-ips { 203.0.113.7 . tcp . 80 }" in r.text
     assert any(ln.startswith("add element ip kube-proxy service-ips { 203.0.113.7 . tcp . 80") and "ns/b/" in ln
                for ln in r.text.splitlines()), r.text
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cluster_ip_that_comes_and_goes_moves_the_external_ip_claiming_it(mode):
+    """aaa/evil claims 10.96.0.10 as an externalIP. While no Service holds that ClusterIP evil
+    has it (kube-proxy's behaviour); kube-dns arriving with it takes it in a partial sync,
+    though only kube-dns changed, and leaving gives it back: after each sync the plan and a
+    forced full resync are those of a fresh compile."""
+    from dataplane.plan import build_plan
+
+    evil = Service("aaa", "evil", cluster_ips=("10.96.7.7",), external_ips=("10.96.0.10",),
+                   ports=(ServicePort(80, "TCP", "p"),))
+    dns = Service("kube-system", "kube-dns", cluster_ips=("10.96.0.10",), ports=(ServicePort(80, "TCP", "p"),))
+    dns_slice = dataclasses.replace(eps("kube-dns", "10.244.9.53"), namespace="kube-system")
+    base = cluster(5)
+    evil_slice = dataclasses.replace(eps("evil", "10.244.6.66"), namespace="aaa")
+    p = Proxier("n1", mode=mode, cluster=dataclasses.replace(
+        base, services=(*base.services, evil), endpoint_slices=(*base.endpoint_slices, evil_slice)))
+    p.sync()
+
+    def check(expect_evil_has_it: bool) -> None:
+        plan = p.plan()
+        fresh = build_plan(p.cluster(), "n1", mode=mode)
+        assert plan.services == fresh.services
+        assert [w for w in plan.warnings if "is the ClusterIP of" in w] == [
+            w for w in fresh.warnings if "is the ClusterIP of" in w]
+        mine = next(s for s in plan.services if s.name == "evil")
+        assert mine.external_ips == (("10.96.0.10",) if expect_evil_has_it else ())
+        assert p.sync(full=True).text == Proxier("n1", mode=mode, cluster=p.cluster()).sync().text
+
+    check(True)
+    p.set_service(dns)
+    p.set_endpoint_slice(dns_slice)
+    r = p.sync()
+    assert r.kind == "partial"
+    assert any("aaa/evil: spec.externalIPs: 10.96.0.10 is the ClusterIP of Service kube-system/kube-dns" in w
+               for w in r.plan.warnings)
+    if mode == "nftables":
+        assert "delete element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 }" in r.text
+        assert any(ln.startswith("add element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80")
+                   and "kube-system/kube-dns" in ln for ln in r.text.splitlines()), r.text
+    else:  # a partial restore rewrites KUBE-SERVICES whole
+        to_dns = [ln for ln in r.text.splitlines() if ln.startswith("-A KUBE-SERVICES -d 10.96.0.10/32")]
+        assert len(to_dns) == 1 and "kube-system/kube-dns:p cluster IP" in to_dns[0], to_dns
+    check(False)
+    p.set_service(dataclasses.replace(dns, cluster_ips=("10.96.0.11",)))  # a new ClusterIP frees the old one
+    assert p.sync().kind == "partial"
+    check(True)
+    p.set_service(dns)
+    p.sync()
+    p.delete_service("kube-system", "kube-dns")
+    assert p.sync().kind == "partial"
+    check(True)
+
+
+def test_the_proxier_takes_an_external_ip_allow_list():
+    a = dataclasses.replace(svc("a", "10.96.0.1"), external_ips=("203.0.113.7", "198.51.100.7"))
+    c = Cluster(services=(a,), endpoint_slices=(eps("a", "10.244.1.1"),), nodes=(NODE,), proxy_config=CONFIG)
+    p = Proxier("n1", mode="nftables", cluster=c, external_ip_cidrs=["203.0.113.0/24"])
+    assert p.plan().services[0].external_ips == ("203.0.113.7",)
+    p.set_config(dataclasses.replace(CONFIG, external_ip_cidrs=("198.51.100.0/24",)))  # the keyword wins
+    assert p.plan().services[0].external_ips == ("203.0.113.7",)
+    q = Proxier("n1", mode="nftables", cluster=c)
+    q.sync()
+    q.set_config(dataclasses.replace(CONFIG, external_ip_cidrs=("198.51.100.0/24",)))
+    r = q.sync()  # the node-level part of the table is the same: only the elements change
+    assert r.kind == "partial" and "delete element ip kube-proxy service-ips { 203.0.113.7 . tcp . 80 }" in r.text
+    assert "198.51.100.7" not in r.text  # allowed before and after: its element stays
+    assert q.sync(full=True).text == Proxier("n1", mode="nftables", cluster=q.cluster()).sync().text

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Iterable, NamedTuple, Optional, Sequence
 
+from .. import ruletext
 from ..naming import iptables_endpoint_chains, iptables_service_hashes
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
 from ._jinja import template
@@ -57,10 +58,19 @@ _UNQUOTED = re.compile(r"[-\w]+", re.ASCII).fullmatch  # exactly the characters 
 
 
 def quote(text: str) -> str:
-    """Quote a string the way iptables-save does (only when it holds other characters)."""
+    """Quote a string the way iptables-save does (only when it holds other characters).
+
+    Raises :class:`~dataplane.ruletext.RuleTextError` for text holding a character that a
+    restore file cannot carry as it is (a newline ends the rule) or that only an escape could
+    (a quote or a backslash): rule text from such input is refused, never escaped silently.
+    """
     if _UNQUOTED(text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") + '"'
+    bad = ruletext.unquotable(text)
+    if bad is not None:
+        raise ruletext.RuleTextError(f"comment {ruletext.shown(text)}: cannot be written into "
+                                     f"iptables-restore input: it holds {ruletext.shown(bad)}")
+    return '"' + text.replace("'", "\\'") + '"'
 
 
 def probability(n: int) -> str:
@@ -147,11 +157,11 @@ def _detector_match(d: LocalDetector, local: bool) -> str:
     """kube-proxy's IfLocal / IfNotLocal match for the local-traffic detector."""
     neg = "" if local else "! "
     if d.kind == "cidr":
-        return f"{neg}-s {d.value}"
+        return f"{neg}-s {ruletext.address(d.value, 'local-traffic CIDR')}"
     if d.kind == "interface-prefix":
-        return f"{neg}-i {d.value}+"
+        return f"{neg}-i {ruletext.interface(d.value, prefix=True, what='detectLocal.interfaceNamePrefix')}+"
     if d.kind == "bridge":
-        return f"{neg}-i {d.value}"
+        return f"{neg}-i {ruletext.interface(d.value, prefix=False, what='detectLocal.bridgeInterface')}"
     raise ValueError("no local-traffic detector")
 
 
@@ -233,7 +243,10 @@ class Names(NamedTuple):
 def _names(ports: Sequence[ServicePortPlan], endpoints: Sequence[tuple[PlanEndpoint, ...]],
            large: bool) -> list[Names]:
     """The names of each service port, given its ``endpoints`` (``p.endpoints``); those of all
-    ports are hashed in two batches."""
+    ports are hashed in two batches. Raises :class:`~dataplane.ruletext.RuleTextError` for a
+    port with a value that cannot be written into rules."""
+    for p in ports:
+        ruletext.check_port(p)
     spns = [p.spn for p in ports]
     hashes = iptables_service_hashes([(spn, p.protocol) for spn, p in zip(spns, ports)])
     chains = iter(iptables_endpoint_chains([(spn, p.protocol, eps)
@@ -449,7 +462,8 @@ def _render_file(plan: NodePlan, sections: dict[str, str], own_chains: list[str]
             exclude = ""
         nodeport_rules = [(exclude, "-m addrtype --dst-type LOCAL ")]
     else:
-        nodeport_rules = [(f"-d {_host(ip)} ", "") for ip in plan.nodeports.ips]
+        nodeport_rules = [(f"-d {_host(ruletext.address(ip, 'NodePort address'))} ", "")
+                          for ip in plan.nodeports.ips]
     return template("iptables.j2").render(
         plan=plan,
         sections=sections,
@@ -461,7 +475,7 @@ def _render_file(plan: NodePlan, sections: dict[str, str], own_chains: list[str]
         filter_jumps=filter_jumps if jumps else [],
         nat_jumps=[Jump(*j) for j in _NAT_JUMPS] if jumps else [],
         nodeport_rules=nodeport_rules,
-        mark=plan.masquerade_mark,
+        mark=ruletext.mark(plan.masquerade_mark),
         q=quote,
     )
 

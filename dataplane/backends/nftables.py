@@ -17,6 +17,7 @@ import itertools
 from socket import AF_INET, AF_INET6, inet_pton
 from typing import Iterable, NamedTuple, Optional, Sequence
 
+from .. import ruletext
 from ..naming import nft_endpoint_bases, nft_service_bases
 from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
 from ._jinja import template
@@ -89,11 +90,13 @@ def _detector_match(addr: str, d: LocalDetector, local: bool) -> str:
     """kube-proxy's IfLocal / IfNotLocal expression for the local-traffic detector."""
     op = "" if local else "!= "
     if d.kind == "cidr":
-        return f"{addr} saddr {op}{d.value}"
+        return f"{addr} saddr {op}{ruletext.address(d.value, 'local-traffic CIDR')}"
     if d.kind == "interface-prefix":
-        return f'iifname {op}"{d.value}*"'
+        prefix = ruletext.interface(d.value, prefix=True, what="detectLocal.interfaceNamePrefix")
+        return f"iifname {op}{ruletext.nft_string(prefix + '*', 'detectLocal.interfaceNamePrefix')}"
     if d.kind == "bridge":
-        return f'iifname {op}"{d.value}"'
+        bridge = ruletext.interface(d.value, prefix=False, what="detectLocal.bridgeInterface")
+        return f"iifname {op}{ruletext.nft_string(bridge, 'detectLocal.bridgeInterface')}"
     raise ValueError("no local-traffic detector")
 
 
@@ -116,7 +119,11 @@ def _cascade_matches(n: int) -> tuple[str, ...]:
 
 
 def _names(ports: Sequence[ServicePortPlan]) -> list[Names]:
-    """The names of each service port; those of all ports are hashed in two batches."""
+    """The names of each service port; those of all ports are hashed in two batches. Raises
+    :class:`~dataplane.ruletext.RuleTextError` for a port with a value that cannot be written
+    into rules."""
+    for p in ports:
+        ruletext.check_port(p)
     endpoints = [p.endpoints for p in ports]
     bases = nft_service_bases([(p.namespace, p.name, p.protocol, p.port_name) for p in ports])
     ep_bases = nft_endpoint_bases([(p.namespace, p.name, p.protocol, p.port_name, eps)
@@ -338,6 +345,8 @@ def _render_table(plan: NodePlan, elements: Iterable[Iterable[ElementView]], own
         nodeport_match = f"fib daddr type local {addr} daddr != {loopback}"
     else:
         nodeport_match = f"{addr} daddr @nodeport-ips"
+        for ip in plan.nodeports.ips:  # the template writes them into the set nodeport-ips
+            ruletext.address(ip, "NodePort address")
     return template("nftables.j2").render(
         plan=plan,
         family=table_family(plan.family),

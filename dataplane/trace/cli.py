@@ -30,6 +30,8 @@ or untouched, and whether it is masqueraded."""
 
 def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register the ``trace`` subcommand on the main parser's subparsers."""
+    from ..cli import _add_external_ip_cidrs
+
     p = sub.add_parser(
         "trace", help="follow one packet through a node's rules (no root needed)",
         description="Interpret a node's iptables-restore or nft rules (compiled from manifests, or an existing "
@@ -46,6 +48,7 @@ def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> a
                    help="rule backend (with -f default: the KubeProxyConfiguration's mode, else iptables)")
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"),
                    help="IP family of the rules (default: the family of --dst)")
+    _add_external_ip_cidrs(p)
     p.add_argument("--node-ip", action="append", default=[], metavar="IP",
                    help="a local address of the node (repeatable; with -f added to the Node's addresses)")
     p.add_argument("--src", required=True, metavar="IP", help="source address of the packet")
@@ -83,7 +86,8 @@ def _compiled(args: argparse.Namespace, family: str) -> tuple[str, str, tuple[st
     loaded = load_cluster(args.files, stdin=sys.stdin)
     _warn(loaded.warnings)
     cluster = with_derived_slices(loaded.cluster)
-    result = compile_rules(cluster, args.node, backend=args.backend, family=family)  # type: ignore[arg-type]
+    result = compile_rules(cluster, args.node, backend=args.backend, family=family,  # type: ignore[arg-type]
+                           external_ip_cidrs=args.external_ip_cidrs)
     _warn(result.warnings)
     return result.text, result.plan.mode, result.plan.node_ips
 
@@ -104,6 +108,8 @@ def run_trace(args: argparse.Namespace) -> TraceResult:
             raise UsageError("--node cannot be used with --rules (give the node's addresses with --node-ip)")
         if not args.backend:
             raise UsageError("--backend is required with --rules")
+        if args.external_ip_cidrs is not None:
+            raise UsageError("--external-ip-cidrs cannot be used with --rules (it applies when compiling with -f)")
         text, backend = _read_rules(args.rules), args.backend
     else:
         text, backend, node_ips = _compiled(args, family)
