@@ -29,13 +29,13 @@ from dataplane.lab import Lab
 from dataplane.netns import apply_iptables, read_back, run_in
 from dataplane.netns import cleanup as netns_cleanup
 from dataplane.nslock import netns_lock
-from dataplane.parse import load_cluster
+from dataplane.input.cluster import load_cluster
 from dataplane.proxier import NetnsRunner, Proxier
 from svc_lab import BACKENDS, nodes_yaml, proxy_config_yaml, write_manifests
 
 pytestmark = pytest.mark.netns
 
-CLI = [sys.executable, "-m", "dataplane"]
+CLI = [sys.executable, "-I", "-m", "dataplane"]
 
 
 def _services(v: int, count: int = 100) -> list[str]:

@@ -194,7 +194,7 @@ def test_destroy_from_state_removes_a_crashed_labs_leftovers(tmp_path, ns_prefix
         print(" ".join(lab.namespaces), flush=True)
         os._exit(1)  # crash: no teardown
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     names = proc.stdout.split()
     assert len(names) == 6 and all(_exists(ns) for ns in names)

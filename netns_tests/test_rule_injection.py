@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from dataplane.compiler import compile_rules
 from dataplane.controllers.endpointslices import with_derived_slices
 from dataplane.errors import InputError, UsageError
-from dataplane.parse import parse_cluster
+from dataplane.input.cluster import parse_cluster
 
 pytestmark = pytest.mark.netns
 
@@ -82,7 +82,7 @@ def _assert_foreign_intact(ns: str) -> None:
 
 
 def _dataplane(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dataplane", *argv], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-I", "-m", "dataplane", *argv], capture_output=True, text=True, timeout=120)
 
 
 def _write(tmp_path: Path, docs: dict[str, dict]) -> Path:

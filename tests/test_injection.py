@@ -2,7 +2,7 @@
 
 Input reaches the rules text in two steps, and each is tested here without root:
 
-* validation (:mod:`dataplane.parse`): ``detectLocal`` interface names must be Linux
+* validation (:mod:`dataplane.input`): ``detectLocal`` interface names must be Linux
   interface names free of rule-language characters, and every string field of every kind we
   read, filled with rule-language metacharacters, gives either problems (one line each) or
   rules that touch only ``table ip|ip6 kube-proxy`` / our own iptables chains (a property test
@@ -33,7 +33,7 @@ from dataplane.backends import nftables as nft
 from dataplane.compiler import compile_rules
 from dataplane.controllers.endpointslices import with_derived_slices
 from dataplane.errors import DataplaneError, InputError, UsageError
-from dataplane.parse import parse_cluster
+from dataplane.input.cluster import parse_cluster
 from dataplane.plan import LocalDetector, NodePlan, NodePortDestinations, PlanEndpoint, build_plan
 from dataplane.ruletext import RuleTextError, interface_name_errors, nft_string
 
@@ -330,7 +330,7 @@ def test_the_cli_refuses_the_reproductions_with_one_line_per_problem(tmp_path: P
     manifest = tmp_path / "cluster.json"
     docs = _config_with(path, value, mode)
     manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs.values())}))
-    proc = subprocess.run([sys.executable, "-m", "dataplane", "compile", "-f", str(manifest), "--node", ic.NODE,
+    proc = subprocess.run([sys.executable, "-I", "-m", "dataplane", "compile", "-f", str(manifest), "--node", ic.NODE,
                            "--backend", backend], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.splitlines()

@@ -12,10 +12,11 @@ import pytest
 from dataplane import errors
 from dataplane.cli import main
 from dataplane.errors import InputError, Problem, escape_text, report_lines
-from dataplane.fastyaml import RejectedDocument
-from dataplane.goyaml import MAX_ALIAS_TEXT, GoSafeLoader
-from dataplane.loader import _load_yaml_all, format_value, quote, read_documents
-from dataplane.parse import load_cluster
+from dataplane.input.cluster import load_cluster
+from dataplane.input.fastyaml import RejectedDocument, _load_yaml_all
+from dataplane.input.goyaml import MAX_ALIAS_TEXT, GoSafeLoader
+from dataplane.input.loader import read_documents
+from dataplane.input.messages import format_value, quote
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +48,7 @@ def test_the_alias_bomb_is_one_line_error_within_seconds(tmp_path):
     assert len(BOMB) < 654
     path = write(tmp_path, "bomb.yaml", BOMB)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "dataplane", "compile", "-f", path, "--node", "n1"],
+    done = subprocess.run([sys.executable, "-I", "-m", "dataplane", "compile", "-f", path, "--node", "n1"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert time.monotonic() - started < 5
     assert (done.returncode, done.stdout) == (1, "")
@@ -97,7 +98,7 @@ def test_aliases_repeating_too_much_text_are_refused():
 def test_the_pyyaml_fallback_loader_refuses_the_bomb_too():
     import yaml
 
-    from dataplane.goyaml import DocumentError
+    from dataplane.input.goyaml import DocumentError
 
     with pytest.raises(DocumentError, match="excessive aliasing"):
         list(yaml.load_all(BOMB, Loader=GoSafeLoader))
@@ -181,9 +182,9 @@ def test_kinds_from_the_input_cannot_forge_warnings_or_colour_the_terminal(tmp_p
 
 
 def test_warnings_are_printed_escaped(capsys):
-    from dataplane.cli import _warn
+    from dataplane.cli_common import warn
 
-    _warn(["Service a/b\x1b[31m: red\nwarning: forged\r", "plain"])
+    warn(["Service a/b\x1b[31m: red\nwarning: forged\r", "plain"])
     assert capsys.readouterr().err == "warning: Service a/b\\x1b[31m: red\\nwarning: forged\\r\nwarning: plain\n"
 
 

@@ -32,7 +32,7 @@ def _holder(path: str, code: str) -> subprocess.Popen:
         with path_lock({path!r}, timeout=5, what="test"):
             print("locked", flush=True)
         """) + textwrap.indent(textwrap.dedent(code), "    ")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-I", "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
     return proc
 
