@@ -11,96 +11,49 @@ import gc
 import importlib
 import os
 import sys
-from typing import Callable, Iterable, NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
+from .backends import backend_names
+from .cli_common import (
+    add_allocate, add_allocation, add_external_ip_cidrs, add_input, allocate, prepare, warn,
+)
 from .errors import DataplaneError, InputError
 
 EXAMPLES = {
     "compile": """examples:
-  dataplane compile -f examples/cluster.yaml --node node-a
-  dataplane compile -f svc.yaml -f slices.json --node node-a --backend nftables --ip-family ipv6 -o rules.nft
+  dataplane compile --allocate -f examples/cluster.yaml --node node-a
+  dataplane allocate --seed 1 -f examples/cluster.yaml -o allocated.yaml
+  dataplane compile -f allocated.yaml --node node-a --backend nftables -o rules.nft
   kubectl get svc,endpointslices,nodes -A -o yaml | dataplane compile -f - --node node-a""",
     "allocate": """examples:
   dataplane allocate -f examples/cluster.yaml
-  dataplane allocate -f svc.yaml --service-cluster-ip-range 10.96.0.0/12,fd00:96::/108 --state alloc.json -o filled.yaml
-  dataplane allocate -f svc.yaml --service-node-port-range 30000-30999 --seed 1 --format json""",
+  dataplane allocate -f examples/cluster.yaml --service-cluster-ip-range 10.96.0.0/12,fd00:96::/108 --state alloc.json -o filled.yaml
+  dataplane allocate -f examples/cluster.yaml --service-node-port-range 30000-30999 --seed 1 --format json""",
     "endpoints": """examples:
   dataplane endpoints -f examples/cluster.yaml
   kubectl get svc,pods,nodes -n shop -o yaml | dataplane endpoints -f -""",
     "apply": """examples:
   ip netns add demo
-  dataplane apply -f examples/cluster.yaml --node node-a --netns demo
-  dataplane apply -f examples/cluster.yaml --node node-a --netns demo --backend nftables --allocate --seed 1
-  dataplane apply -f updated.yaml --node node-a --netns demo     # sends only what changed""",
+  dataplane apply -f examples/cluster.yaml --allocate --seed 1 --node node-a --netns demo
+  dataplane allocate -f examples/cluster.yaml --seed 1 -o allocated.yaml
+  dataplane apply -f allocated.yaml --node node-a --netns demo --backend nftables     # replaces the iptables rules
+  dataplane apply -f allocated.yaml --node node-a --netns demo --backend nftables     # sends only what changed""",
     "cleanup": """examples:
+  ip netns add demo
+  dataplane apply -f examples/cluster.yaml --allocate --node node-a --netns demo
   dataplane cleanup --netns demo""",
     "completion": """examples:
   source <(dataplane completion bash)
-  dataplane completion zsh > ~/.zfunc/_dataplane     # with fpath+=(~/.zfunc) in ~/.zshrc""",
+  mkdir -p ~/.zfunc && dataplane completion zsh > ~/.zfunc/_dataplane     # with fpath+=(~/.zfunc) in ~/.zshrc""",
 }
-
-
-def _add_input(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="FILE",
-                   help="manifest file (YAML, multi-document YAML or JSON; '-' reads stdin); repeatable")
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", required=True, help="name of the Node object whose rules to build")
-    p.add_argument("--backend", choices=("iptables", "nftables"),
+    p.add_argument("--backend", choices=backend_names(),
                    help="rule backend (default: the KubeProxyConfiguration's mode, else iptables)")
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"), default="ipv4", help="IP family (default ipv4)")
-    _add_external_ip_cidrs(p)
-
-
-def _cidr_list(text: str) -> tuple[str, ...]:
-    """``--external-ip-cidrs``: comma-separated CIDRs, canonical; empty: none."""
-    from .ipaddrs import canonical_cidr
-
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            out.append(canonical_cidr(part))
-        except ValueError:
-            if part or text.strip():
-                raise argparse.ArgumentTypeError(
-                    f"{part!r} is not a CIDR (e.g. 203.0.113.0/24,2001:db8::/64; '' allows none)") from None
-    return tuple(out)
-
-
-def _add_external_ip_cidrs(p: argparse.ArgumentParser) -> None:
-    """``--external-ip-cidrs``, for every command that plans a node's rules."""
-    p.add_argument("--external-ip-cidrs", type=_cidr_list, metavar="CIDR[,CIDR...]",
-                   help="only Services' externalIPs in these CIDRs get rules, others are ignored with a "
-                        "warning ('' allows none); overrides the KubeProxyConfiguration's externalIPCIDRs "
-                        "(a kube-dataplane extension); default: every externalIP, as kube-proxy")
-
-
-def _with_external_ip_cidrs(cluster, args: argparse.Namespace):
-    """``cluster`` with ``--external-ip-cidrs``, when given, in place of its configuration's
-    externalIPCIDRs (for commands that hand the cluster on, e.g. to a Proxier)."""
-    import dataclasses
-
-    cidrs = getattr(args, "external_ip_cidrs", None)
-    if cidrs is None:
-        return cluster
-    return dataclasses.replace(cluster, proxy_config=dataclasses.replace(cluster.proxy_config,
-                                                                         external_ip_cidrs=cidrs))
-
-
-def _add_allocate(p: argparse.ArgumentParser) -> None:
-    """``--allocate`` and the allocator's options, for commands that take the input as the API server stores it."""
-    p.add_argument("--allocate", action="store_true",
-                   help="first fill in missing ClusterIPs and NodePorts as the API server would")
-    _add_allocation(p)
-
-
-def _add_allocation(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--service-cluster-ip-range", default="10.96.0.0/12", metavar="CIDR[,CIDR]",
-                   help="ClusterIP range(s), one per family (default 10.96.0.0/12)")
-    p.add_argument("--service-node-port-range", default="30000-32767", metavar="N1-N2",
-                   help="NodePort range, inclusive (default 30000-32767)")
-    p.add_argument("--seed", type=int, help="seed for the random allocation start, for reproducible runs")
+    add_external_ip_cidrs(p)
 
 
 # Commands that other modules register: (command names, module, registering function). Their
@@ -109,7 +62,7 @@ def _add_allocation(p: argparse.ArgumentParser) -> None:
 _EXTENSIONS = (
     (("dns", "env"), ".discovery", "add_commands"),
     (("trace",), ".trace.cli", "add_command"),
-    (("lab",), ".labctl", "add_commands"),
+    (("lab",), ".lab.cli", "add_commands"),
     (("verify",), ".verify", "add_commands"),
 )
 _CORE = ("compile", "allocate", "endpoints", "apply", "cleanup", "completion")
@@ -129,7 +82,7 @@ def _seconds(text: str) -> float:
 
 
 def _add_lock_timeout(p: argparse.ArgumentParser) -> None:
-    from .nslock import DEFAULT_LOCK_TIMEOUT
+    from .runtime.nslock import DEFAULT_LOCK_TIMEOUT
 
     p.add_argument("--lock-timeout", type=_seconds, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS",
                    help="how long to wait while another apply or cleanup holds the namespace's lock, "
@@ -159,12 +112,12 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                        description="Print one complete rules file for a node and IP family: input for "
                                    "`iptables-restore --noflush` (`ip6tables-restore` for IPv6) or for `nft -f`.",
                        epilog=EXAMPLES["compile"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
+    add_input(p)
     _add_target(p)
     p.add_argument("-o", "--output", metavar="OUT", help="write the rules to OUT instead of stdout")
     p.add_argument("-j", "--jobs", type=_jobs, default=0, metavar="N",
                    help="processes compiling a large cluster (default: one per CPU)")
-    _add_allocate(p)
+    add_allocate(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("allocate", help="fill in ClusterIPs and NodePorts as the API server would",
@@ -172,8 +125,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                                    "spec.healthCheckNodePort filled where the API server would fill them "
                                    "(static subranges of KEP-3070 and KEP-3668 included).",
                        epilog=EXAMPLES["allocate"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
-    _add_allocation(p)
+    add_input(p)
+    add_allocation(p)
     p.add_argument("--state", metavar="FILE",
                    help="JSON file keeping allocations across runs (created if missing)")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
@@ -184,7 +137,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                        description="For Services with a selector and no EndpointSlices in the input, print the "
                                    "EndpointSlices the EndpointSlice controller would make from the Pods.",
                        epilog=EXAMPLES["endpoints"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
+    add_input(p)
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
     p.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of stdout")
     p.set_defaults(func=cmd_endpoints)
@@ -193,12 +146,12 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                        description="Compile the rules for a node and load them into an existing network namespace "
                                    "atomically (a failure leaves it as it was), then set the sysctls they need.",
                        epilog=EXAMPLES["apply"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
+    add_input(p)
     _add_target(p)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
     p.add_argument("--full", action="store_true", help="rewrite everything instead of sending only the difference")
     _add_lock_timeout(p)
-    _add_allocate(p)
+    add_allocate(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("cleanup", help="remove every rule kube-dataplane installed in a namespace",
@@ -223,27 +176,24 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _warn(messages: Iterable[str]) -> None:
-    """Print warnings to stderr, escaped, at most errors.MAX_REPORTED and then how many more."""
-    from .errors import report_lines
-
-    for line in report_lines(list(messages), "warning"):
-        print(f"warning: {line}", file=sys.stderr)
-
-
 def _read(files: Sequence[str]):
     """The input's documents (``-`` is stdin)."""
-    from .loader import load_documents
+    from .input.loader import load_documents
 
     return load_documents(files, stdin=sys.stdin)
 
 
+def _parse(docs):
+    """The documents validated: the cluster and the warnings (not printed)."""
+    from .input.cluster import parse_cluster
+
+    return parse_cluster(docs)
+
+
 def _validate(docs):
     """The cluster the documents hold, its warnings printed."""
-    from .parse import parse_cluster
-
-    result = parse_cluster(docs)
-    _warn(result.warnings)
+    result = _parse(docs)
+    warn(result.warnings)
     return result.cluster
 
 
@@ -257,13 +207,6 @@ def _load(files: Sequence[str]):
     return _load_docs(files)[1]
 
 
-def _allocate(cluster, args: argparse.Namespace, state=None):
-    from .controllers.allocation import allocate_cluster
-
-    return allocate_cluster(cluster, service_cidrs=args.service_cluster_ip_range,
-                            node_port_range=args.service_node_port_range, state=state, seed=args.seed)
-
-
 def _dump(objects: list, fmt: str) -> str:
     import json
 
@@ -273,7 +216,20 @@ def _dump(objects: list, fmt: str) -> str:
         if len(objects) == 1:
             return json.dumps(objects[0], indent=2) + "\n"
         return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n"
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(objects, Dumper=_no_alias_dumper(), sort_keys=False, default_flow_style=False)
+
+
+def _no_alias_dumper() -> type:
+    """PyYAML's SafeDumper writing a value met twice in full each time, never as an anchor
+    (``&id001``) and alias: output objects share values (the input's own YAML aliases
+    among them), and every object printed must stand on its own, as kubectl prints it."""
+    import yaml
+
+    class NoAliasDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: object) -> bool:
+            return True
+
+    return NoAliasDumper
 
 
 def _write_output(text: str, path: Optional[str]) -> None:
@@ -292,7 +248,6 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_rules
-    from .controllers.endpointslices import with_derived_slices
     from .parallel import compile_sharded
 
     workers = args.jobs or len(os.sched_getaffinity(0))
@@ -302,17 +257,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                   external_ip_cidrs=args.external_ip_cidrs)
         if sharded is not None:
             text, warnings = sharded
-            _warn(warnings)
+            warn(warnings)
             _write_output(text, args.output)
             args.retained = (docs, sharded)  # freed by the exit (see run)
             return 0
-    cluster = _validate(docs)
-    if args.allocate:
-        cluster = _allocate(cluster, args).cluster
-    cluster = with_derived_slices(cluster)
-    result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family,
-                           external_ip_cidrs=args.external_ip_cidrs)
-    _warn(result.warnings)
+    cluster = prepare(_parse(docs), args)
+    result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family)
+    warn(result.warnings)
     _write_output(result.text, args.output)
     args.retained = (docs, cluster, result)  # freed by the exit (see run)
     return 0
@@ -325,7 +276,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     state = None
     if args.state and os.path.exists(args.state):
         state = AllocationState.load(args.state)
-    result = _allocate(cluster, args, state)
+    result = allocate(cluster, args, state)
     _write_output(_dump(fill_documents(docs, result), args.format), args.output)
     if args.state:
         result.state.save(args.state)
@@ -334,32 +285,30 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoints(args: argparse.Namespace) -> int:
-    from .controllers.endpointslices import derive_endpoint_slices, slices_to_manifests
+    from .controllers.endpointslices import derive_endpoint_slices, slices_to_manifests, wants_slices
 
     cluster = _load(args.files)
     slices = derive_endpoint_slices(cluster)
     if not slices:
-        print("warning: no Service with a selector lacks EndpointSlices; nothing to derive", file=sys.stderr)
+        reason = ("every Service with a selector has EndpointSlices in the input already"
+                  if any(map(wants_slices, cluster.services)) else "no Service in the input has a selector")
+        print(f"warning: nothing to derive: {reason}", file=sys.stderr)
     _write_output(_dump(slices_to_manifests(slices), args.format) if slices else "", args.output)
     args.retained = (cluster, slices)  # freed by the exit (see run)
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .apply import apply_cluster
-    from .controllers.endpointslices import with_derived_slices
-    from .netns import require_netns
-    from .ownership import require_root
+    from .runtime.apply import apply_cluster
+    from .runtime.netns import require_netns
+    from .runtime.ownership import require_root
 
     require_root("dataplane apply")
     require_netns(args.netns)
-    cluster = _load(args.files)
-    if args.allocate:
-        cluster = _allocate(cluster, args).cluster
-    cluster = _with_external_ip_cidrs(with_derived_slices(cluster), args)
-    result = apply_cluster(args.netns, cluster, args.node, mode=args.backend, family=args.ip_family,
+    cluster = prepare(_parse(_read(args.files)), args)
+    result = apply_cluster(args.netns, cluster, args.node, backend=args.backend, family=args.ip_family,
                            full=args.full, lock_timeout=args.lock_timeout)
-    _warn(result.plan.warnings)
+    warn(result.plan.warnings)
     n = len(result.plan.services)
     what = {"full": f"all {n} service ports written",
             "partial": f"{result.changed} of {n} service ports rewritten",
@@ -368,21 +317,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(f"applied {result.plan.mode} rules for node {args.node} ({args.ip_family}) to netns {args.netns}: "
           f"{result.kind} sync, {what}{extra}{'; ' + result.drift if result.drift else ''}", file=sys.stderr)
     if result.leftovers:  # switching backends: the other one's rules went
-        _warn([f"netns {args.netns}: {'; '.join(result.leftovers)}"])
+        warn([f"netns {args.netns}: {'; '.join(result.leftovers)}"])
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from .apply import forget
-    from .netns import require_netns
-    from .nslock import netns_lock
-    from .ownership import cleanup_namespace, discard, require_root
+    from .runtime.apply import forget
+    from .runtime.netns import require_netns
+    from .runtime.nslock import netns_lock
+    from .runtime.ownership import cleanup_namespace, discard, require_root
 
     require_root("dataplane cleanup")
     require_netns(args.netns)
     with netns_lock(args.netns, args.lock_timeout):
         kept = cleanup_namespace(args.netns)
-        _warn(kept)
+        warn(kept)
         forget(args.netns)
         if not kept:
             discard(args.netns)  # nothing is left to remember: remove the namespace's state directory

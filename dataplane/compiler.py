@@ -2,17 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from .backends import iptables as _iptables
-from .backends import nftables as _nftables
+from .backends import get_backend
 from .model import Cluster
 from .plan import Family, Mode, NodePlan, build_plan
-
-BACKENDS: dict[str, Callable[[NodePlan], str]] = {
-    "iptables": _iptables.render,
-    "nftables": _nftables.render,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +23,7 @@ class CompileResult:
 
 def render(plan: NodePlan) -> str:
     """Render a plan with the backend of its mode."""
-    return BACKENDS[plan.mode](plan)
+    return get_backend(plan.mode).render(plan)
 
 
 def compile_rules(
@@ -45,7 +39,9 @@ def compile_rules(
 
     ``backend`` defaults to the KubeProxyConfiguration's ``mode``; ``external_ip_cidrs``
     overrides its ``externalIPCIDRs``, the CIDRs Services' externalIPs may use (see
-    :func:`dataplane.plan.node_context`).
+    :func:`dataplane.plan.node_context`). An unknown ``backend`` raises
+    :class:`~dataplane.errors.UsageError` naming the valid ones, before any planning. Selector
+    Services without EndpointSlices get those derived from the Pods (see :func:`build_plan`).
     """
-    plan = build_plan(cluster, node, family=family, mode=backend, external_ip_cidrs=external_ip_cidrs)
+    plan = build_plan(cluster, node, backend=backend, family=family, external_ip_cidrs=external_ip_cidrs)
     return CompileResult(text=render(plan), plan=plan)

@@ -20,7 +20,11 @@ CoreDNS's ``kubernetes`` plugin:
   endpoint's port number;
 * an ExternalName Service gets a CNAME to its external name;
 * the zone apex has an SOA and an NS record, as CoreDNS's zone transfer
-  shows them, and ``dns-version.<zone>`` a TXT record with the schema version.
+  shows them, and ``dns-version.<zone>`` a TXT record with the schema version;
+  the NS name ``ns.dns.<zone>`` has A/AAAA records (glue, so that a DNS server
+  such as BIND loads the zone): the cluster IPs of ``kube-system/kube-dns``,
+  or, without that Service in the input, ``10.96.0.10`` (kubeadm's address for
+  it in the default ClusterIP range).
 
 Every record has a TTL of 30 seconds, the ``ttl 30`` of the Corefile kubeadm
 deploys (the plugin itself defaults to 5), except ``dns-version``, which
@@ -70,6 +74,9 @@ SOA_EXPIRE = 86400
 
 # The Service the cluster DNS server runs behind, by the name kubeadm gives it.
 DNS_SERVICE = ("kube-system", "kube-dns")
+# The name server's address when the input has no DNS_SERVICE with cluster IPs: the one kubeadm
+# gives that Service, the 10th address of the default ClusterIP range 10.96.0.0/12 (GetDNSIP).
+DEFAULT_NS_ADDRESS = "10.96.0.10"
 # The Services the kubelet always exposes, from the default namespace.
 MASTER_SERVICE_NAMESPACE = "default"
 MASTER_SERVICES = frozenset({"kubernetes"})
@@ -117,7 +124,7 @@ class _Srv(NamedTuple):
 
 def normalize_domain(domain: str) -> str:
     """The cluster domain lower-cased without a trailing dot; UsageError unless an RFC 1123 subdomain."""
-    from .parse import dns1123_subdomain_errors
+    from .input.validation import dns1123_subdomain_errors
 
     name = domain.strip().lower()
     name = name[:-1] if name.endswith(".") else name
@@ -218,10 +225,13 @@ def _find_service(cluster: Cluster, key: tuple[str, str]) -> Service | None:
 def _apex_records(cluster: Cluster, domain: str) -> list[Record]:
     """SOA, NS and the schema version TXT record.
 
-    The NS record names ``ns.dns.<zone>``, as CoreDNS's SOA does; when the
-    input holds the ``kube-system/kube-dns`` Service with cluster IPs, they
-    are that name's addresses (CoreDNS answers with the IPs of the Service it
-    runs behind), so the zone carries the glue a name server needs.
+    The NS record names ``ns.dns.<zone>``, as CoreDNS's SOA does, and the zone
+    always carries that name's address (the glue a name server needs to load
+    the zone: BIND refuses an in-zone NS without one): the cluster IPs of the
+    ``kube-system/kube-dns`` Service when the input holds it with some (CoreDNS
+    answers with the IPs of the Service it runs behind), else
+    :data:`DEFAULT_NS_ADDRESS`, the address kubeadm gives that Service in the
+    default ClusterIP range.
     """
     origin = f"{domain}."
     ns_name = f"ns.dns.{origin}"
@@ -233,8 +243,10 @@ def _apex_records(cluster: Cluster, domain: str) -> list[Record]:
         Record(f"dns-version.{origin}", "TXT", f'"{DNS_SCHEMA_VERSION}"', SCHEMA_VERSION_TTL),
     ]
     dns_service = _find_service(cluster, DNS_SERVICE)
+    addresses: Sequence[str] = ()
     if dns_service is not None and not dns_service.is_headless:
-        records += [address_record(ns_name, ip) for ip in dns_service.cluster_ips]
+        addresses = dns_service.cluster_ips
+    records += [address_record(ns_name, ip) for ip in addresses or (DEFAULT_NS_ADDRESS,)]
     return records
 
 
@@ -424,20 +436,22 @@ def format_env(variables: Iterable[tuple[str, str]]) -> str:
 
 EXAMPLES = {
     "dns": """examples:
-  dataplane dns -f svc.yaml -f endpointslices.yaml
-  dataplane dns -f cluster.yaml --cluster-domain corp.example -o cluster.zone
+  dataplane allocate -f examples/cluster.yaml --seed 1 -o allocated.yaml
+  dataplane dns -f allocated.yaml
+  dataplane dns -f allocated.yaml --cluster-domain corp.example -o cluster.zone
   dataplane allocate -f examples/cluster.yaml --seed 1 | dataplane dns -f -
   kubectl get svc,endpointslices,pods -A -o yaml | dataplane dns -f -""",
     "env": """examples:
-  dataplane env -f cluster.yaml --namespace shop
   dataplane allocate -f examples/cluster.yaml --seed 1 | dataplane env -f - -n shop
+  dataplane allocate -f examples/cluster.yaml --seed 1 -o allocated.yaml
+  dataplane env -f allocated.yaml --namespace shop
   kubectl get svc -A -o yaml | dataplane env -f - -n default -o service.env""",
 }
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ``dns`` and ``env`` commands on the ``dataplane`` subcommand parser."""
-    from .cli import _add_input
+    from .cli_common import add_input
 
     p = sub.add_parser(
         "dns", help="print the records cluster DNS serves, as a zone file",
@@ -447,7 +461,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     f"Kubernetes DNS specification, with TTL {DEFAULT_TTL}. EndpointSlices missing from "
                     "the input are derived from the Pods.",
         epilog=EXAMPLES["dns"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
+    add_input(p)
     p.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN, metavar="DOMAIN",
                    help=f"the cluster's DNS domain, the zone's origin (default {DEFAULT_CLUSTER_DOMAIN})")
     p.add_argument("-o", "--output", metavar="OUT", help="write the zone to OUT instead of stdout")
@@ -459,7 +473,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "of a namespace for the Services it can reach: <SVC>_SERVICE_HOST, <SVC>_SERVICE_PORT "
                     "(and one per named port) and the Docker-link variables <SVC>_PORT*.",
         epilog=EXAMPLES["env"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
+    add_input(p)
     p.add_argument("-n", "--namespace", default="default", metavar="NS",
                    help="namespace of the Pod (default: default)")
     p.add_argument("-o", "--output", metavar="OUT", help="write the variables to OUT instead of stdout")
@@ -473,31 +487,32 @@ def _warn(messages: Iterable[str]) -> None:
 
 
 def _load(files: Sequence[str]) -> Cluster:
-    """Read the input, warn about what was skipped, and add the EndpointSlices derived from Pods."""
-    from .controllers.endpointslices import with_derived_slices
-    from .parse import load_cluster
+    """Read the input, warn about what was skipped, and add the EndpointSlices derived from Pods
+    (:func:`dataplane.prepare.prepare_cluster`)."""
+    from .input.cluster import load_cluster
+    from .prepare import prepare_cluster
 
-    result = load_cluster(files, sys.stdin)
+    result = prepare_cluster(load_cluster(files, sys.stdin))
     _warn(result.warnings)
-    return with_derived_slices(result.cluster)
+    return result.cluster
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
     """``dataplane dns``: print the zone file."""
-    from .cli import _write_output
+    from .output import write_output
 
     domain = normalize_domain(args.cluster_domain)
     view = dns_view(_load(args.files), domain)
     _warn(view.warnings)
-    _write_output(render_zone(view.records, domain), args.output)
+    write_output(render_zone(view.records, domain), args.output)
     return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
     """``dataplane env``: print the variables as ``NAME=value`` lines."""
-    from .cli import _write_output
+    from .output import write_output
 
     view = env_view(_load(args.files), args.namespace)
     _warn(view.warnings)
-    _write_output(format_env(view.variables), args.output)
+    write_output(format_env(view.variables), args.output)
     return 0

@@ -45,13 +45,15 @@ class Problem:
     obj: str  # "Kind namespace/name", or "" when unknown
     field: str  # field path such as "spec.ports[1].nodePort", or ""
     message: str
+    unit: str = "document"  # what ``index`` counts: "object" for objects given as dicts
 
     def __str__(self) -> str:
-        """One line: ``source: document N: object: field: message``, the object and field cut
-        to a readable length and characters that are not printable escaped (:func:`escape_text`)."""
+        """One line: ``source: document N: object: field: message`` (``object N`` for objects
+        given as dicts), the object and field cut to a readable length and characters that are
+        not printable escaped (:func:`escape_text`)."""
         parts = [self.source]
         if self.index:
-            parts.append(f"document {self.index}")
+            parts.append(f"{self.unit} {self.index}")
         if self.obj:
             parts.append(_clip(self.obj, _MAX_PART))
         if self.field:
@@ -99,3 +101,7 @@ class ApplyError(DataplaneError):
     def __init__(self, message: str, *, stderr: Optional[str] = None):
         self.stderr = stderr
         super().__init__(message)
+
+
+class LabError(DataplaneError):
+    """A lab cannot be built from the input, or a lab operation failed."""

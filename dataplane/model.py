@@ -3,7 +3,7 @@
 Only the fields that matter for a node's service dataplane are kept. Every
 object is a frozen, slotted dataclass holding tuples (never lists or dicts),
 so objects are hashable and can key caches. Objects are built by
-:mod:`dataplane.parse`, which validates the raw manifests first; code that
+:mod:`dataplane.input`, which validates the raw manifests first; code that
 builds them directly (tests, embedding proxies) is trusted to pass values in
 canonical form (IP literals canonical, protocols upper-case).
 
@@ -46,6 +46,7 @@ class ObjectRef:
     name: str
     source: str = "<memory>"
     index: int = 0  # 1-based position of the document (or List item) in the source
+    unit: str = "document"  # what ``index`` counts: "object" for objects given as dicts
 
     @property
     def display(self) -> str:
@@ -53,8 +54,8 @@ class ObjectRef:
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
     def where(self) -> str:
-        """Human prefix for messages: ``FILE: document N: Kind ns/name``."""
-        return f"{self.source}: document {self.index}: {self.kind} {self.display}"
+        """Human prefix for messages: ``FILE: document N: Kind ns/name`` (``object N``: see ``unit``)."""
+        return f"{self.source}: {self.unit} {self.index}: {self.kind} {self.display}"
 
 
 def _noref(kind: str) -> ObjectRef:
@@ -73,6 +74,7 @@ class ServicePort:
     name: str = ""
     target_port: int | str | None = None  # number, IANA_SVC_NAME, or unset
     node_port: Optional[int] = None
+    app_protocol: Optional[str] = None  # ``appProtocol``, copied into derived EndpointSlices
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,13 @@ class Service:
     ip_family_policy: Optional[str] = None
     publish_not_ready_addresses: bool = False
     external_name: Optional[str] = None
+    # ``spec.trafficDistribution`` (PreferClose, PreferSameZone, PreferSameNode) or None: how
+    # the EndpointSlice controller hints the endpoints it derives
+    traffic_distribution: Optional[str] = None
+    # the annotation ``service.kubernetes.io/topology-aware-hints`` (or, when absent,
+    # ``service.kubernetes.io/topology-mode``) is ``Auto``/``auto``: the controller uses its
+    # Topology Aware Routing heuristic instead of trafficDistribution's
+    topology_mode_auto: bool = False
     ref: ObjectRef = field(default_factory=lambda: _noref("Service"), compare=False, hash=False)
 
     @property
@@ -143,7 +152,8 @@ class Endpoint:
     conditions: EndpointConditions = EndpointConditions()
     node_name: Optional[str] = None
     zone: Optional[str] = None
-    hints_for_zones: Optional[tuple[str, ...]] = None  # None: no hints
+    hints_for_zones: Optional[tuple[str, ...]] = None  # ``hints.forZones[].name``; None: no zone hints
+    hints_for_nodes: Optional[tuple[str, ...]] = None  # ``hints.forNodes[].name``; None: no node hints
     hostname: Optional[str] = None
     target_ref_name: Optional[str] = None
 
@@ -155,6 +165,7 @@ class EndpointPort:
     port: Optional[int]
     protocol: Protocol = "TCP"
     name: str = ""
+    app_protocol: Optional[str] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +227,9 @@ class Pod:
     phase: str = "Running"
     hostname: Optional[str] = None
     subdomain: Optional[str] = None
-    container_ports: tuple[ContainerPort, ...] = ()
+    container_ports: tuple[ContainerPort, ...] = ()  # of ``spec.containers``, in order
+    # of the ``spec.initContainers`` with ``restartPolicy: Always`` (native sidecars), in order
+    sidecar_ports: tuple[ContainerPort, ...] = ()
     ref: ObjectRef = field(default_factory=lambda: _noref("Pod"), compare=False, hash=False)
 
 
@@ -249,6 +262,23 @@ class ProxyConfig:
     )
 
 
+# ------------------------------------------------------------- ServiceCIDR
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCIDR:
+    """A ``networking.k8s.io/v1`` ServiceCIDR: ranges ClusterIPs are allocated from.
+
+    ``ready`` is False when its ``Ready`` condition is False or it is being deleted: the
+    API server then allocates no new ClusterIP from it (no condition counts as ready).
+    """
+
+    name: str
+    cidrs: tuple[str, ...]  # canonical, at most one per family
+    ready: bool = True
+    ref: ObjectRef = field(default_factory=lambda: _noref("ServiceCIDR"), compare=False, hash=False)
+
+
 # -------------------------------------------------------------------- Cluster
 
 
@@ -262,6 +292,10 @@ class Cluster:
     pods: tuple[Pod, ...] = ()
     proxy_config: ProxyConfig = ProxyConfig()
     proxy_config_given: bool = False
+    service_cidrs: tuple[ServiceCIDR, ...] = ()
+    # kubeadm ClusterConfiguration ``networking.serviceSubnet`` (canonical CIDRs), when given:
+    # the API server's --service-cluster-ip-range, so the range ``--allocate`` uses by default
+    service_subnet: Optional[tuple[str, ...]] = None
 
     def node(self, name: str) -> Optional[Node]:
         for n in self.nodes:

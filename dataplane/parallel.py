@@ -31,14 +31,13 @@ import pickle
 import struct
 from typing import Any, Optional, Sequence
 
-from .backends import iptables as _iptables
-from .backends import nftables as _nftables
+from .backends import get_backend
 from .controllers.endpointslices import with_derived_slices
 from .errors import DataplaneError
+from .input.cluster import parse_cluster
+from .input.loader import Document
 from .ipaddrs import canonical_ip, is_canonical_ipv4
-from .loader import Document
 from .model import LABEL_SERVICE_NAME
-from .parse import parse_cluster
 from .plan import (
     Family,
     Mode,
@@ -84,14 +83,15 @@ def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode]
         mine = _Shard(shards[0], target)
     except _Bail:
         return _abandon(children)
-    # iptables' large-cluster mode (see is_large_cluster) counts the endpoints of every shard;
-    # the parent renders its part before waiting when it needs no count from the children
-    decided = mine.plan.mode == "nftables" or _iptables.large_cluster(mine.endpoint_count)
-    own = mine.render(True) if decided else None
+    # a backend's large-cluster rule (iptables: see is_large_cluster) counts the endpoints of every
+    # shard; the parent renders its part before waiting when it needs no count from the children
+    backend = mine.backend
+    decided = backend.settled(mine.endpoint_count)
+    own = mine.render(backend.large_cluster(mine.endpoint_count)) if decided else None
     first = [_read_message(c.results) for c in children]  # a part, an endpoint count, or None
     if any(m is None for m in first):
         return _abandon(children)
-    large = decided or _iptables.large_cluster(mine.endpoint_count + sum(m[1] for m in first))
+    large = backend.large_cluster(mine.endpoint_count + sum(m[1] for m in first))
     for c, m in zip(children, first):
         if m[0] == "count":
             _send(c.control, b"L" if large else b"S")
@@ -104,7 +104,6 @@ def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode]
     parts = [(mine.warnings, mine.claims, own), *results]
     warnings = (*mine.context_warnings, *(w for ws, _, _ in parts for w in ws),
                 *claim_conflicts(c for _, claims, _ in parts for c in claims))
-    backend = _iptables if mine.plan.mode == "iptables" else _nftables
     return backend.render_parts(mine.plan, [part for _, _, part in parts]), warnings
 
 
@@ -263,16 +262,15 @@ class _Shard:
             ports.extend(plans)
             warnings.extend(w)
         self.plan = assemble(ctx, ports)
+        self.backend = get_backend(self.plan.mode)
         self.context_warnings = ctx.warnings
         self.warnings = warnings
         self.claims = [frontend_claims(p) for p in ports]
         self.endpoint_count = sum(len(p.endpoints) for p in ports)
 
     def render(self, large: bool) -> Any:
-        """This shard's part of the rules (``large``: iptables' large-cluster mode)."""
-        if self.plan.mode == "iptables":
-            return _iptables.render_ports(self.plan, self.plan.services, large)
-        return _nftables.render_ports(self.plan, self.plan.services)
+        """This shard's part of the rules (``large``: the backend's large-cluster mode)."""
+        return self.backend.render_ports(self.plan, self.plan.services, large)
 
     def part(self, large: bool) -> tuple:
         """What a child sends: (warnings, frontend claims, rendered part)."""
@@ -308,8 +306,8 @@ def _fork(docs: Sequence[Document], target: _Target,
                 raise _Bail()  # the serial path decides who keeps the address
             shard = _Shard(docs, target)
             count = shard.endpoint_count
-            if shard.plan.mode == "nftables" or _iptables.large_cluster(count):
-                _write_message(results_w, ("part", count, shard.part(True)))
+            if shard.backend.settled(count):
+                _write_message(results_w, ("part", count, shard.part(shard.backend.large_cluster(count))))
             else:
                 _write_message(results_w, ("count", count))
                 verdict = os.read(control_r, 1)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Mapping, Optional, Sequence, Union
+from typing import Iterable, Literal, Mapping, Optional, Sequence, Union, get_args
 
 from . import ipaddrs
+from .controllers.endpointslices import with_derived_slices
 from .errors import UsageError
 from .model import (
     LABEL_HEADLESS,
@@ -37,6 +38,7 @@ from .model import (
     ServicePort,
     labels_get,
 )
+from .topology import categorize
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -75,6 +77,18 @@ class LocalDetector:
 
     kind: Literal["none", "cidr", "interface-prefix", "bridge"]
     value: str = ""  # the CIDR, the interface name prefix or the bridge name
+
+    def matches(self, src: str, in_interface: str = "") -> bool:
+        """Whether a packet from ``src`` arriving on ``in_interface`` ("" when the node itself
+        sends it) is taken for one from this node's pods (kube-proxy's ``IsImplemented`` and
+        ``IfLocal``; no detector matches nothing)."""
+        if self.kind == "cidr":
+            return ipaddress.ip_address(src) in ipaddress.ip_network(self.value, strict=False)
+        if self.kind == "interface-prefix":
+            return bool(in_interface) and in_interface.startswith(self.value)
+        if self.kind == "bridge":
+            return in_interface == self.value
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,9 @@ class ServicePortPlan:
     external_forward: bool  # external destinations (nodePort, externalIPs, LB IPs) are captured
     external_filter: Optional[FilterVerdict]  # external traffic not DNATed is dropped/rejected
     external_steps: tuple[ExternalStep, ...]
+    # traffic an endpoint sends to itself through the service is masqueraded (otherwise it would
+    # see its own address as the source and answer around the DNAT)
+    hairpin_masquerade: bool
     has_endpoints: bool
     known_endpoints: tuple[PlanEndpoint, ...] = ()  # every endpoint of the slices, used or not
 
@@ -139,6 +156,20 @@ class ServicePortPlan:
                 seen.setdefault(ep.address, ep)
         return tuple(sorted(seen.values(), key=lambda e: e.address))
 
+    def hairpin(self, endpoint: PlanEndpoint, src: str) -> bool:
+        """Whether a flow from ``src`` DNATed to ``endpoint`` is masqueraded as hairpin traffic."""
+        return self.hairpin_masquerade and endpoint.ip == src
+
+    def firewall_admits(self, src: str) -> bool:
+        """Whether the load-balancer firewall lets traffic from ``src`` through to the LB IPs
+        (always, without a firewall)."""
+        if not self.firewall:
+            return True
+        if self.firewall_allows_lb_ips and src in self.load_balancer_ips:
+            return True
+        addr = ipaddress.ip_address(src)
+        return any(addr in ipaddress.ip_network(r, strict=False) for r in self.source_ranges)
+
 
 @dataclass(frozen=True, slots=True)
 class NodePortDestinations:
@@ -147,6 +178,21 @@ class NodePortDestinations:
     match_all: bool  # every local address (iptables addrtype LOCAL / nft fib daddr type local)
     ips: tuple[str, ...] = ()  # otherwise, these node IPs
     localhost: bool = False  # 127.0.0.0/8 accepts NodePorts (iptables IPv4, route_localnet)
+    excluded: Optional[str] = None  # with match_all: the loopback CIDR that does not accept them
+    # the drop / reject of NodePorts without (local) endpoints matches every local address
+    # (iptables mode's KUBE-EXTERNAL-SERVICES), not only the destinations above
+    filter_match_all: bool = False
+
+    def accepts(self, ip: str) -> bool:
+        """Whether NodePort traffic to ``ip``, one of the node's local addresses, is taken."""
+        if self.match_all:
+            return self.excluded is None or ipaddress.ip_address(ip) not in ipaddress.ip_network(self.excluded)
+        return ip in self.ips
+
+    def filters(self, ip: str) -> bool:
+        """Whether the drop / reject of a NodePort without (local) endpoints applies to traffic to
+        ``ip``, one of the node's local addresses."""
+        return self.filter_match_all or self.accepts(ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +212,32 @@ class NodePlan:
     services: tuple[ServicePortPlan, ...]
     sysctls: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # nftables mode: this family's ServiceCIDRs, whose unallocated IPs cluster-ips-check drops
+    service_cidrs: tuple[str, ...] = ()
 
     @property
     def cluster_ips(self) -> tuple[str, ...]:
         """Every active ClusterIP, sorted."""
         return tuple(sorted({s.cluster_ip for s in self.services}, key=_ip_sort_key))
+
+    def cluster_ip_masquerades(self, src: str, in_interface: str = "") -> bool:
+        """Whether ClusterIP traffic from ``src`` arriving on ``in_interface`` ("" when the node
+        sends it) is masqueraded (hairpin aside: see :meth:`ServicePortPlan.hairpin`)."""
+        if self.cluster_ip_masquerade == "all":
+            return True
+        if self.cluster_ip_masquerade == "non-local":
+            return not self.local_detector.matches(src, in_interface)
+        return False
+
+
+LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
+
+
+def large_cluster(endpoint_count: int) -> bool:
+    """Whether a node whose service ports have ``endpoint_count`` endpoints (those of their policy
+    chains, ``ServicePortPlan.endpoints``) is a large cluster: iptables mode then writes no
+    per-endpoint comments (kube-proxy: more than LARGE_CLUSTER_ENDPOINTS)."""
+    return endpoint_count > LARGE_CLUSTER_ENDPOINTS
 
 
 # ------------------------------------------------------------------- helpers
@@ -268,12 +335,18 @@ def _nodeport_destinations(
         and config.iptables_localhost_node_ports
         and (match_all or any(n.overlaps(loopback) for n in nets))
     )
+    # iptables mode's KUBE-EXTERNAL-SERVICES matches NodePorts on every local address
+    filter_match_all = mode == "iptables"
     if match_all:
-        return NodePortDestinations(match_all=True, localhost=localhost)
+        # loopback addresses take NodePorts only where iptables' localhost NodePorts allow them
+        excluded = None if localhost else ("::1/128" if family == "ipv6" else str(loopback))
+        return NodePortDestinations(match_all=True, localhost=localhost, excluded=excluded,
+                                    filter_match_all=filter_match_all)
     ips = [ip for ip in node_ips if any(ipaddress.ip_address(ip) in n for n in nets)]
     if localhost:
         ips.append("127.0.0.1")
-    return NodePortDestinations(match_all=False, ips=tuple(ips), localhost=localhost)
+    return NodePortDestinations(match_all=False, ips=tuple(ips), localhost=localhost,
+                                filter_match_all=filter_match_all)
 
 
 # -------------------------------------------------------- endpoint selection
@@ -331,44 +404,6 @@ def collect_endpoints(
                     ep,
                 )
     return [found[k] for k in sorted(found)]
-
-
-def _topology_filter(
-    pairs: Sequence[tuple[PlanEndpoint, Endpoint]], zone: Optional[str]
-) -> list[PlanEndpoint]:
-    """Ready endpoints, narrowed by zone hints when kube-proxy would use them."""
-    ready = [(pe, ep) for pe, ep in pairs if pe.ready]
-    if not zone or not ready:
-        return [pe for pe, _ in ready]
-    if any(ep.hints_for_zones is None for _, ep in ready):
-        return [pe for pe, _ in ready]
-    hinted = [pe for pe, ep in ready if zone in (ep.hints_for_zones or ())]
-    return hinted if hinted else [pe for pe, _ in ready]
-
-
-def categorize(
-    pairs: Sequence[tuple[PlanEndpoint, Endpoint]], *, zone: Optional[str], use_cluster: bool, use_local: bool
-) -> tuple[list[PlanEndpoint], list[PlanEndpoint], bool]:
-    """kube-proxy's CategorizeEndpoints: (cluster endpoints, local endpoints, any endpoint usable).
-
-    Cluster endpoints are the ready ones (topology-filtered); with none ready,
-    the serving and terminating ones. Local endpoints are computed the same way
-    among this node's endpoints, independently.
-    """
-    eps = [pe for pe, _ in pairs]
-    fallback = [e for e in eps if e.serving and e.terminating]
-    has_any = any(e.ready for e in eps) or bool(fallback)
-    cluster: list[PlanEndpoint] = []
-    local: list[PlanEndpoint] = []
-    if use_cluster:
-        cluster = _topology_filter(pairs, zone)
-        if not cluster:
-            cluster = fallback
-    if use_local:
-        local = [e for e in eps if e.is_local and e.ready]
-        if not local:
-            local = [e for e in fallback if e.is_local]
-    return cluster, local, has_any
 
 
 # ----------------------------------------------------------- per service port
@@ -429,7 +464,7 @@ def plan_service_port(
 
     pairs = collect_endpoints(slices, port, node.name, family, warnings)
     cluster_eps, local_eps, has_endpoints = categorize(
-        pairs, zone=node.zone, use_cluster=uses_cluster_eps, use_local=uses_local_eps
+        pairs, node_name=node.name, zone=node.zone, use_cluster=uses_cluster_eps, use_local=uses_local_eps
     )
     uses_cluster_chain = bool(cluster_eps) and uses_cluster_eps
     uses_local_chain = bool(local_eps) and uses_local_eps
@@ -487,6 +522,7 @@ def plan_service_port(
         external_forward=has_endpoints,
         external_filter=verdict(has_external),
         external_steps=tuple(steps),
+        hairpin_masquerade=True,  # kube-proxy marks every endpoint's own traffic, in both modes
         has_endpoints=has_endpoints,
         known_endpoints=tuple(pe for pe, _ in pairs),
     )
@@ -512,6 +548,7 @@ class NodeContext:
     # the CIDRs spec.externalIPs may use (canonical, every family); None: any external IP
     external_ip_cidrs: Optional[tuple[str, ...]] = None
     external_ip_networks: tuple[IPNetwork, ...] = field(default=(), compare=False)  # of external_ip_cidrs
+    service_cidrs: tuple[str, ...] = ()  # see NodePlan.service_cidrs
 
 
 def external_ip_cidrs_of(values: Iterable[str], what: str = "external_ip_cidrs") -> tuple[str, ...]:
@@ -567,7 +604,15 @@ def node_context(cluster: Cluster, node_name: str, *, family: Family = "ipv4",
         local_detector=detector, cluster_ip_masquerade=cluster_ip_masquerade, nodeports=nodeports,
         sysctls=tuple(sysctls), warnings=tuple(warnings), external_ip_cidrs=allowed,
         external_ip_networks=tuple(ipaddress.ip_network(c, strict=False) for c in allowed or ()),
+        service_cidrs=service_cidrs_of(cluster, family) if mode == "nftables" else (),
     )
+
+
+def service_cidrs_of(cluster: Cluster, family: Family) -> tuple[str, ...]:
+    """The union of the cluster's ServiceCIDRs' ``spec.cidrs`` (any status) of one family, sorted:
+    what kube-proxy's nftables mode drops unallocated addresses of (iptables mode ignores them)."""
+    cidrs = {c for sc in cluster.service_cidrs for c in sc.cidrs if _cidr_family(c) == family}
+    return tuple(sorted(cidrs, key=lambda c: (ipaddress.ip_network(c).network_address, c)))
 
 
 # ---------------------------------------------------- claimed external addresses
@@ -706,6 +751,7 @@ def assemble(ctx: NodeContext, services: Iterable[ServicePortPlan], warnings: It
         services=tuple(services),
         sysctls=ctx.sysctls,
         warnings=ctx.warnings + tuple(warnings),
+        service_cidrs=ctx.service_cidrs,
     )
 
 
@@ -714,21 +760,41 @@ def slices_by_service(slices: Iterable[EndpointSlice], family: Family) -> dict[t
     return _slice_index(slices, family)
 
 
+def chosen_backend(backend: Optional[str], mode: Optional[str]) -> Optional[Mode]:
+    """The value of a public ``backend=`` keyword, or of ``mode=``, its former name (kept
+    because the README's Library example and proxies written against it pass it); None when
+    neither is given (or empty). :class:`UsageError` for an unknown name or both keywords at once."""
+    if mode is not None and backend is not None:
+        raise UsageError("give the backend as backend= only (mode= is its former name)")
+    name = mode if backend is None else backend
+    if not name:
+        return None
+    if name not in get_args(Mode):
+        raise UsageError(f"unknown backend {name!r}: use one of {', '.join(get_args(Mode))}")
+    return name  # type: ignore[return-value]
+
+
 def build_plan(
     cluster: Cluster,
-    node_name: str,
+    node: str,
     *,
+    backend: Optional[Mode] = None,
     family: Family = "ipv4",
-    mode: Optional[Mode] = None,
     external_ip_cidrs: Optional[Sequence[str]] = None,
+    mode: Optional[Mode] = None,
 ) -> NodePlan:
-    """Plan node ``node_name`` for one IP family.
+    """Plan ``node`` (a Node's name) for one IP family.
 
-    ``mode`` defaults to the KubeProxyConfiguration's mode; ``external_ip_cidrs`` overrides its
+    ``backend`` defaults to the KubeProxyConfiguration's mode (``mode=`` is accepted as its
+    former name, see :func:`chosen_backend`); ``external_ip_cidrs`` overrides its
     ``externalIPCIDRs`` (see :func:`node_context`). Raises :class:`UsageError` when the node is
-    not in the input or a CIDR is invalid.
+    not in the input, the backend unknown or a CIDR invalid. Services with a selector and no
+    EndpointSlices get those the EndpointSlice controller derives from the cluster's Pods, as
+    every command does (:func:`dataplane.prepare.prepare_cluster`).
     """
-    ctx = node_context(cluster, node_name, family=family, mode=mode, external_ip_cidrs=external_ip_cidrs)
+    backend = chosen_backend(backend, mode)
+    cluster = with_derived_slices(cluster)
+    ctx = node_context(cluster, node, family=family, mode=backend, external_ip_cidrs=external_ip_cidrs)
     index = _slice_index(cluster.endpoint_slices, family)
     owners = cluster_ip_owners(cluster.services)
     services: list[ServicePortPlan] = []

@@ -6,14 +6,14 @@ of its own (``flush table inet filter``, ``COMMIT`` then ``*filter`` and
 ``-F INPUT``), which the loader would then carry out with the rest of the file.
 Two lines of defence keep that from happening:
 
-* :mod:`dataplane.parse` validates every input string that reaches the rules:
+* :mod:`dataplane.input` validates every input string that reaches the rules:
   names are DNS labels, IPs and CIDRs are rewritten in canonical form,
   interface names must pass :func:`interface_name_errors`;
 * the backends check each value again where it enters the text
   (:func:`check_port`, :func:`address`, :func:`interface`, :func:`nft_string`,
   and the iptables backend's ``quote``), and raise :class:`RuleTextError`
   rather than write anything they cannot represent as it is, so that objects
-  built in code (which skip :mod:`dataplane.parse`) cannot inject rules either.
+  built in code (which skip :mod:`dataplane.input`) cannot inject rules either.
 """
 from __future__ import annotations
 

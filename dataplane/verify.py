@@ -1,6 +1,6 @@
 """``dataplane verify``: prove every Service frontend with packets, against the plan and the tracer.
 
-A lab is built from the manifests (:mod:`dataplane.labctl`), every node's own
+A lab is built from the manifests (:mod:`dataplane.lab`), every node's own
 rules are loaded, and for every service port of every node's plan one *flow*
 is sent per frontend and source:
 
@@ -26,6 +26,12 @@ Each flow is judged three ways, and must agree all three ways:
 Masquerade is not visible for flows the node sends itself (the source is the
 node's address either way); for those only the tracer's decision is compared
 with the plan's.
+
+A flow to an endpoint the lab cannot build (an address in no Node's pod CIDR and
+on no known node, as a selectorless Service's Endpoints pointing outside the
+cluster) is **skipped**: the kernel is not judged, since nothing can answer
+there, and the row says why; the tracer is still compared with the plan. Only
+mismatches fail ``verify``.
 """
 from __future__ import annotations
 
@@ -40,22 +46,16 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence, TextIO
+from typing import Any, Callable, Literal, Optional, Sequence, TextIO
 
-from .errors import DataplaneError
-from .labctl import (
-    LABS_DIR,
-    ClusterLab,
-    LabError,
-    derive_layout,
-    families_in_use,
-    format_table,
-    require_root,
-    state_path,
-    sweep_orphans,
-)
+from .backends import DEFAULT_BACKEND
+from .errors import DataplaneError, LabError
+from .lab.cluster import ClusterLab
+from .lab.layout import Layout, derive_layout, families_in_use
+from .lab.state import LABS_DIR, require_root, state_path, sweep_orphans
+from .lab.summary import format_table
 from .model import Cluster
-from .plan import Family, Mode, NodePlan, ServicePortPlan
+from .plan import Family, Mode, NodePlan, PlanEndpoint, ServicePortPlan
 
 __all__ = [
     "Flow",
@@ -89,7 +89,7 @@ class Flow:
     ``member`` is the lab member that sends (pod, node or client); ``src`` the
     source address (the client binds it); ``via`` the node a client sends
     externalIP and load-balancer IP flows through (its socket carries that
-    node's :meth:`~dataplane.labctl.ClusterLab.mark`); ``in_interface`` where
+    node's :meth:`~dataplane.lab.cluster.ClusterLab.mark`); ``in_interface`` where
     the packet enters the node (for the tracer; "" when the node sends it).
     """
 
@@ -197,10 +197,18 @@ class Row:
     kernel: Observed
     traced: Traced
     problems: tuple[str, ...]
+    skipped: Optional[str] = None  # why the kernel's answer is not judged (the lab cannot build the flow)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def result(self) -> str:
+        """``OK``, ``MISMATCH``, or ``skipped`` (nothing disagrees, but the kernel was not judged)."""
+        if self.problems:
+            return "MISMATCH"
+        return "skipped" if self.skipped else "OK"
 
     def to_dict(self) -> dict[str, Any]:
         f = self.flow
@@ -215,6 +223,8 @@ class Row:
             "trace": {"verdict": self.traced.verdict, "endpoints": list(self.traced.endpoints),
                       "masquerade": self.traced.masquerade, "error": self.traced.error},
             "ok": self.ok,
+            "result": self.result.lower(),
+            "skipped": self.skipped,
             "problems": list(self.problems),
         }
 
@@ -231,12 +241,6 @@ def _canonical_endpoint(text: str) -> str:
 
 def _endpoint_list(addresses: Sequence[str]) -> str:
     return "|".join(addresses) if len(addresses) <= 2 else f"{len(addresses)} endpoints"
-
-
-def _in_any(ip: str, cidrs: Iterable[str]) -> bool:
-    addr = ipaddress.ip_address(ip)
-    return any(addr in ipaddress.ip_network(c, strict=False) for c in cidrs
-               if ipaddress.ip_network(c, strict=False).version == addr.version)
 
 
 def plan_flows(cl: ClusterLab) -> list[Flow]:
@@ -294,8 +298,8 @@ def _external_flows(cl: ClusterLab, node: str, family: Family, sp: ServicePortPl
                               member=allowed.member, src=client_src, via=node))
     sources: list[tuple[SourceKind, str, str]] = [("client", allowed.member, client_src)]
     if sp.firewall:
-        ok = [a for a in allowed.sources(family) if _in_any(a, sp.source_ranges)]
-        bad = [a for a in denied.sources(family) if not _in_any(a, sp.source_ranges)]
+        ok = [a for a in allowed.sources(family) if sp.firewall_admits(a)]
+        bad = [a for a in denied.sources(family) if not sp.firewall_admits(a)]
         sources = [("client", allowed.member, a) for a in ok[:1]] + [("denied", denied.member, a) for a in bad[:1]]
     for ip in sp.load_balancer_ips:
         if ip in others:
@@ -309,27 +313,12 @@ def _external_flows(cl: ClusterLab, node: str, family: Family, sp: ServicePortPl
 # =========================================================================== the plan's prediction
 
 
-def _detected_local(plan: NodePlan, flow: Flow) -> bool:
-    """Whether the node's local-traffic detector takes the flow for one from its own pods."""
-    d = plan.local_detector
-    if d.kind == "cidr":
-        return _in_any(flow.src, [d.value])
-    if d.kind == "interface-prefix":
-        return bool(flow.in_interface) and flow.in_interface.startswith(d.value)
-    if d.kind == "bridge":
-        return flow.in_interface == d.value
-    return False
-
-
-def _endpoint_ip(address: str) -> str:
-    return address.rpartition(":")[0].strip("[]")
-
-
-def _ok(endpoints: Sequence[Any], base_masq: bool, src: str) -> Expected:
-    """An ``ok`` prediction; a flow from an endpoint to itself is masqueraded (hairpin)."""
+def _ok(sp: ServicePortPlan, endpoints: Sequence[PlanEndpoint], base_masq: bool, src: str) -> Expected:
+    """An ``ok`` prediction for a flow from ``src`` to one of ``endpoints`` of ``sp``, masqueraded
+    when ``base_masq`` or as hairpin traffic (:meth:`~dataplane.plan.ServicePortPlan.hairpin`)."""
     if not endpoints:
         return Expected("timeout")
-    return Expected("ok", tuple((ep.address, base_masq or ep.ip == src) for ep in endpoints))
+    return Expected("ok", tuple((ep.address, base_masq or sp.hairpin(ep, src)) for ep in endpoints))
 
 
 def expect(flow: Flow, plan: NodePlan) -> Expected:
@@ -340,19 +329,11 @@ def expect(flow: Flow, plan: NodePlan) -> Expected:
         if sp.internal_chain is None:
             return Expected(_FILTER_OUTCOME[sp.internal_filter or "drop"])
         eps = sp.cluster_endpoints if sp.internal_chain == "cluster" else sp.local_endpoints
-        if plan.cluster_ip_masquerade == "all":
-            masq = True
-        elif plan.cluster_ip_masquerade == "non-local":
-            masq = not _detected_local(plan, flow)
-        else:
-            masq = False
-        return _ok(eps, masq, flow.src)
-    if flow.frontend == "loadBalancer" and sp.firewall and not _in_any(flow.src, sp.source_ranges):
+        return _ok(sp, eps, plan.cluster_ip_masquerades(flow.src, flow.in_interface), flow.src)
+    if flow.frontend == "loadBalancer" and not sp.firewall_admits(flow.src):
         return Expected("timeout")  # the load balancer's firewall drops it
-    if flow.frontend == "nodePort" and not (plan.nodeports.match_all or flow.dst in plan.nodeports.ips):
-        if plan.mode == "iptables" and sp.external_filter:
-            # kube-proxy's KUBE-EXTERNAL-SERVICES rule for the port matches every local
-            # address (addrtype LOCAL), not only the nodePortAddresses
+    if flow.frontend == "nodePort" and not plan.nodeports.accepts(flow.dst):
+        if sp.external_filter and plan.nodeports.filters(flow.dst):
             return Expected(_FILTER_OUTCOME[sp.external_filter])
         return Expected("refused")  # no rule takes it: nothing listens on the node
     if not sp.external_forward:
@@ -364,7 +345,7 @@ def expect(flow: Flow, plan: NodePlan) -> Expected:
         if step.action == "masquerade":
             masq = True
             continue
-        return _ok(sp.cluster_endpoints if step.action == "cluster" else sp.local_endpoints, masq, flow.src)
+        return _ok(sp, sp.cluster_endpoints if step.action == "cluster" else sp.local_endpoints, masq, flow.src)
     return Expected(_FILTER_OUTCOME[sp.external_filter or "drop"])
 
 
@@ -415,28 +396,32 @@ def trace_flow(cl: ClusterLab, flow: Flow) -> Traced:
     try:
         packet = Packet(src=flow.src, dst=flow.dst, dport=flow.dport, proto=flow.protocol,
                         from_node=flow.from_node, in_interface=flow.in_interface or None)
-        res = trace(cl.rules(flow.node, flow.family), cl.mode or "iptables", packet, local_ips=local)
+        res = trace(cl.rules(flow.node, flow.family), cl.mode or DEFAULT_BACKEND, packet, local_ips=local)
     except DataplaneError as e:
         return Traced("error", "error", error=str(e))
     dst_local = flow.dst in local
     outcome: Outcome = {"dnat": "ok", "reject": "refused", "drop": "timeout"}.get(  # type: ignore[assignment]
         res.verdict, "refused" if dst_local else "timeout")
     return Traced(res.verdict, outcome, tuple(_canonical_endpoint(a) for a, _ in res.endpoints),
-                  res.masquerade, res.path)
+                  res.masquerade, res.path_lines())
 
 
 def _yes(b: bool) -> str:
     return "masquerade" if b else "no masquerade"
 
 
-def compare(flow: Flow, expected: Expected, kernel: Observed, traced: Traced, masq_src: str) -> tuple[str, ...]:
+def compare(flow: Flow, expected: Expected, kernel: Observed, traced: Traced, masq_src: str,
+            judge_kernel: bool = True) -> tuple[str, ...]:
     """Everything on which the plan, the kernel and the tracer disagree (empty: all agree).
 
-    ``masq_src`` is the address a masqueraded flow arrives from (the node's).
+    ``masq_src`` is the address a masqueraded flow arrives from (the node's). Without
+    ``judge_kernel`` (a flow the lab cannot build) only the tracer is compared with the plan.
     """
     problems: list[str] = []
     observable = not flow.from_node
-    if kernel.outcome != expected.outcome:
+    if not judge_kernel:
+        pass
+    elif kernel.outcome != expected.outcome:
         problems.append(f"kernel: {kernel.describe()}; the plan predicts {expected.describe()}")
     elif kernel.outcome == "ok" and kernel.endpoint not in expected.addresses:
         problems.append(f"kernel: answered by {kernel.endpoint}, not one of the plan's endpoints "
@@ -458,7 +443,9 @@ def compare(flow: Flow, expected: Expected, kernel: Observed, traced: Traced, ma
         if traced.masquerade != any(m for _, m in expected.endpoints):
             problems.append(f"trace: {_yes(traced.masquerade)}; the plan predicts "
                             f"{_yes(any(m for _, m in expected.endpoints))}")
-    if traced.outcome != kernel.outcome:
+    if not judge_kernel:
+        pass
+    elif traced.outcome != kernel.outcome:
         problems.append(f"trace: {traced.describe()}; the kernel: {kernel.describe()}")
     elif kernel.outcome == "ok" and kernel.endpoint not in traced.endpoints:
         problems.append(f"trace: endpoints {', '.join(traced.endpoints)} do not include {kernel.endpoint}, "
@@ -511,13 +498,37 @@ def verify_lab(cl: ClusterLab, *, timeout: float = DEFAULT_TIMEOUT,
                 bar.advance(f"{f.service_label} {f.frontend_label}")
     if bar:
         bar.close()
+    built = built_addresses(cl.layout)
     rows = []
     for f, seen in zip(flows, observed):
         exp = expect(f, cl.plans[(f.node, f.family)])
         traced = trace_flow(cl, f)
         masq_src = cl.layout.node(f.node).address(f.family) or ""
-        rows.append(Row(f, exp, seen, traced, compare(f, exp, seen, traced, masq_src)))
+        skipped = unbuilt_reason(exp, built)
+        rows.append(Row(f, exp, seen, traced, compare(f, exp, seen, traced, masq_src, skipped is None), skipped))
     return rows
+
+
+def built_addresses(layout: Layout) -> frozenset[str]:
+    """Every address something in the lab answers on: its endpoint pods' and its nodes'."""
+    return frozenset(str(ipaddress.ip_address(a)) for member in (*layout.pods, *layout.nodes)
+                     for a in member.addresses)
+
+
+def unbuilt_reason(expected: Expected, built: frozenset[str]) -> Optional[str]:
+    """Why the kernel's answer to a flow with ``expected`` cannot be judged: the endpoints the
+    plan may send it to that the lab did not build (None: all are built)."""
+    missing = [a for a in expected.addresses if _endpoint_ip(a) not in built]
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (f"the lab cannot build endpoint{'s' if len(missing) > 1 else ''} {shown} (on no Node of the "
+            "input, in no Node's pod CIDR): nothing there can answer")
+
+
+def _endpoint_ip(address: str) -> str:
+    """The canonical IP of an ``ip:port`` / ``[ip6]:port`` endpoint."""
+    return str(ipaddress.ip_address(address.rpartition(":")[0].strip("[]")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,33 +547,47 @@ class Report:
         return tuple(r for r in self.rows if not r.ok)
 
     @property
+    def skipped(self) -> tuple[Row, ...]:
+        """The flows the lab cannot build (nothing disagrees, the kernel was not judged)."""
+        return tuple(r for r in self.rows if r.result == "skipped")
+
+    @property
     def ok(self) -> bool:
         return not self.mismatches
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "backend": self.backend, "families": list(self.families), "nodes": self.nodes,
-                "flows": len(self.rows), "mismatches": len(self.mismatches), "seconds": round(self.seconds, 3),
+                "flows": len(self.rows), "mismatches": len(self.mismatches), "skipped": len(self.skipped),
+                "seconds": round(self.seconds, 3),
                 "warnings": list(self.warnings), "results": [r.to_dict() for r in self.rows]}
 
     def summary(self) -> str:
         what = f"{len(self.rows)} flows on {self.nodes} node(s) ({self.backend}, {', '.join(self.families)})"
+        skipped = f", {len(self.skipped)} skipped (the lab cannot build them)" if self.skipped else ""
         if self.ok:
-            return f"verify: {what}: all OK in {self.seconds:.1f} s"
-        return f"verify: {what}: {len(self.mismatches)} MISMATCH in {self.seconds:.1f} s"
+            verdict = f"all OK{skipped}" if not self.skipped else f"{len(self.rows) - len(self.skipped)} OK{skipped}"
+            return f"verify: {what}: {verdict} in {self.seconds:.1f} s"
+        return f"verify: {what}: {len(self.mismatches)} MISMATCH{skipped} in {self.seconds:.1f} s"
 
     def render(self, *, color: bool = False) -> str:
         """The table, the details of every mismatch, and the summary line."""
         def result(row: Row) -> str:
-            word = "OK" if row.ok else "MISMATCH"
+            word = row.result
             if not color:
                 return word
-            return f"\033[32m{word}\033[0m" if row.ok else f"\033[1;31m{word}\033[0m"
+            return {"OK": f"\033[32m{word}\033[0m", "skipped": f"\033[33m{word}\033[0m"}.get(
+                word, f"\033[1;31m{word}\033[0m")
 
         table = format_table(
             ["NODE", "SERVICE PORT", "FRONTEND", "SOURCE", "EXPECTED", "KERNEL", "TRACE", "RESULT"],
             [[r.flow.node, r.flow.service_label, r.flow.frontend_label, r.flow.source_label,
               r.expected.describe(), r.kernel.describe(), r.traced.describe(), result(r)] for r in self.rows])
         out = [table] if self.rows else []
+        if self.skipped:
+            out.append("\nskipped:\n")
+            for r in self.skipped:
+                f = r.flow
+                out.append(f"  {f.node}: {f.service_label} {f.frontend_label} from {f.source_label}: {r.skipped}\n")
         if self.mismatches:
             out.append("\nmismatches:\n")
             for r in self.mismatches:
@@ -590,7 +615,7 @@ def verify_cluster(cluster: Cluster, *, backend: Optional[Mode] = None,
     with ClusterLab(layout, backend=backend, prefix=name, state_file=state_path(name)) as cl:
         cl.apply(cluster)
         rows = verify_lab(cl, timeout=timeout, progress=progress)
-        mode = cl.mode or backend or "iptables"
+        mode = cl.mode or backend or DEFAULT_BACKEND
         warnings = (*layout.warnings, *cl.warnings)
     return Report(tuple(rows), mode, layout.families, len(layout.nodes), time.monotonic() - started,
                   tuple(dict.fromkeys(warnings)))
@@ -600,16 +625,18 @@ def verify_cluster(cluster: Cluster, *, backend: Optional[Mode] = None,
 
 EXAMPLES = """examples:
   dataplane verify -f examples/cluster.yaml --allocate --seed 1
-  dataplane verify -f cluster.yaml --backend nftables --ip-family ipv6
-  dataplane verify -f cluster.yaml --json > report.json
+  dataplane verify -f examples/cluster.yaml --allocate --backend nftables --ip-family ipv4
+  dataplane verify -f examples/cluster.yaml --allocate --json > report.json
 
-exit status: 0 when every flow agrees with the plan and the tracer, 1 on any mismatch (or error)."""
+exit status: 0 when every flow agrees with the plan and the tracer, 1 on any mismatch (or error); flows
+the lab cannot build (endpoints outside every node) are reported as skipped, with the reason, and do
+not fail it."""
 
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``verify`` on the ``dataplane`` subcommand parser."""
-    from .cli import _add_allocate, _add_input
-    from .labctl import _add_lab_options
+    from .cli_common import add_allocate, add_input
+    from .lab.cli import add_lab_options
 
     p = sub.add_parser(
         "verify", help="prove every Service frontend with packets in a lab",
@@ -619,9 +646,9 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                     "the kernel does what the plan predicts and what `dataplane trace` says. Prints a table "
                     "(a progress bar on a terminal); the lab is removed at the end.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_input(p)
-    _add_lab_options(p)
-    _add_allocate(p)
+    add_input(p)
+    add_lab_options(p)
+    add_allocate(p)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"how long a probe waits for an answer (default {DEFAULT_TIMEOUT})")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
@@ -634,21 +661,21 @@ def _use_color(stream: TextIO) -> bool:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``dataplane verify``: exit 0 when every flow agrees, 1 otherwise."""
-    from .cli import _warn
-    from .labctl import _raise_exit, load_input
+    from .cli_common import warn
+    from .lab.cli import load_input, raise_exit
 
     if args.timeout <= 0:
         raise LabError("--timeout must be positive")
     cluster, families = load_input(args)
-    previous = signal.signal(signal.SIGTERM, _raise_exit)  # a killed verify removes its lab
+    previous = signal.signal(signal.SIGTERM, raise_exit)  # a killed verify removes its lab
     try:
         report = verify_cluster(cluster, backend=args.backend, families=families, timeout=args.timeout,
                                 progress=lambda n: Progress(n))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _warn(report.warnings)
+    warn(report.warnings)
     if not report.rows:
-        _warn([f"no service port has rules in {', '.join(report.families)}: nothing was verified"])
+        warn([f"no service port has rules in {', '.join(report.families)}: nothing was verified"])
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:

@@ -15,7 +15,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 from dataplane.lab import Lab, Topology
-from dataplane.netns import NETNS_DIR, in_netns
+from dataplane.runtime.netns import NETNS_DIR, in_netns
 
 
 def _privileged() -> bool:

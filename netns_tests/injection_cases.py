@@ -4,7 +4,7 @@
   backends write (ClusterIP, NodePort, externalIP, load balancer with source ranges and
   health check, session affinity, eTP Local, a local-traffic detector of each mode, mirrored
   Endpoints, slices derived from Pods, nodePortAddresses);
-* :data:`FIELDS`: every string field :mod:`dataplane.parse` reads from each kind, as a path
+* :data:`FIELDS`: every string field :mod:`dataplane.input` reads from each kind, as a path
   into those documents; :func:`with_value` puts a value there;
 * :func:`hostile_strings`: strings made of rule-language metacharacters, rule-file fragments
   (``COMMIT``, ``*filter``, ``flush table inet filter`` ...) and valid values to slip them past
@@ -20,7 +20,7 @@ from typing import Any, Union
 from hypothesis import strategies as st
 
 from dataplane.backends.iptables import FILTER_CHAINS, MARK_MASQ, NAT_CHAINS, SERVICE_CHAIN_PREFIXES
-from dataplane.loader import Document
+from dataplane.input.loader import Document
 
 NODE = "node-a"
 DETECT_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
@@ -144,7 +144,7 @@ def _meta_fields(handle: str, *, namespaced: bool = True, labels: bool = True) -
     return fields
 
 
-#: Every string field dataplane.parse reads, by kind (and the map keys it reads as strings).
+#: Every string field dataplane.input reads, by kind (and the map keys it reads as strings).
 FIELDS: list[tuple[str, Path]] = [
     *_meta_fields("config", namespaced=False, labels=False),
     ("config", ("mode",)), ("config", ("clusterCIDR",)), ("config", ("detectLocalMode",)),
@@ -225,7 +225,7 @@ def with_value(docs: dict[str, dict], field: tuple[str, Path], value: str) -> di
 
 
 def documents(docs: dict[str, dict], source: str = "hostile.json") -> list[Document]:
-    """The objects as the loader hands them to :func:`dataplane.parse.parse_cluster`."""
+    """The objects as the loader hands them to :func:`dataplane.input.cluster.parse_cluster`."""
     return [Document(source, i, obj) for i, obj in enumerate(docs.values(), start=1)]
 
 

@@ -13,10 +13,10 @@ import textwrap
 from pathlib import Path
 from typing import Iterable, Optional
 
-from dataplane.apply import apply_compiled
+from dataplane.runtime.apply import apply_compiled
 from dataplane.compiler import CompileResult, compile_rules
+from dataplane.input.cluster import load_cluster
 from dataplane.lab import Lab, ProbeResult
-from dataplane.parse import load_cluster
 
 BACKENDS = ("iptables", "nftables")
 
@@ -233,7 +233,7 @@ def send_and_capture(lab: Lab, sender: str, packet: bytes, dst: str, capture: tu
 
     from scapy.layers.l2 import Ether
 
-    from dataplane.netns import in_netns
+    from dataplane.runtime.netns import in_netns
 
     fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
     cap_ns, ifname = capture

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dataplane.apply import apply_compiled
+from dataplane.runtime.apply import apply_compiled
 from dataplane.compiler import compile_rules
 from dataplane.controllers.allocation import allocate_cluster
 from dataplane.controllers.endpointslices import with_derived_slices
+from dataplane.input.cluster import load_cluster
 from dataplane.lab import ClientSpec, NodeSpec, PodSpec, Topology
-from dataplane.parse import load_cluster
 from svc_lab import BACKENDS, assert_reached
 
 pytestmark = pytest.mark.netns

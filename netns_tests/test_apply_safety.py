@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.apply import apply_cluster, apply_compiled
+from dataplane.runtime.apply import apply_cluster, apply_compiled
 from dataplane.compiler import compile_rules
 from dataplane.errors import ApplyError
-from dataplane.lab import Lab
-from dataplane.netns import apply_iptables, read_back, run_in
-from dataplane.netns import cleanup as netns_cleanup
-from dataplane.nslock import netns_lock
 from dataplane.input.cluster import load_cluster
-from dataplane.proxier import NetnsRunner, Proxier
+from dataplane.lab import Lab
+from dataplane.runtime.netns import apply_iptables, read_back, run_in
+from dataplane.runtime.netns import cleanup as netns_cleanup
+from dataplane.runtime.nslock import netns_lock
+from dataplane.runtime.proxier import NetnsRunner, Proxier
 from svc_lab import BACKENDS, nodes_yaml, proxy_config_yaml, write_manifests
 
 pytestmark = pytest.mark.netns
@@ -193,8 +193,8 @@ def test_apply_and_cleanup_use_no_temporary_files(bare_ns, tmp_path, monkeypatch
     # Every temporary file would go to a directory that does not exist, and fail.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
     a, b = (load_cluster([str(p)]).cluster for p in _inputs(tmp_path, 0, 1))
-    assert apply_cluster(bare_ns, a, "node1", mode=backend).kind == "full"
-    assert apply_cluster(bare_ns, b, "node1", mode=backend).kind == "partial"
+    assert apply_cluster(bare_ns, a, "node1", backend=backend).kind == "full"
+    assert apply_cluster(bare_ns, b, "node1", backend=backend).kind == "partial"
     assert apply_compiled(bare_ns, compile_rules(a, "node1", backend=backend)) == []
     if backend == "iptables":  # a restore that fails in the kernel is rolled back (input on stdin)
         with pytest.raises(ApplyError, match="restored"):

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataplane.labctl import ClusterLab, Layout, derive_layout
+from dataplane.lab import ClusterLab, Layout, derive_layout
 from dataplane.model import (
     Cluster,
     ContainerPort,

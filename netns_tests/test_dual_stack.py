@@ -16,11 +16,11 @@ import sys
 
 import pytest
 
-from dataplane.apply import apply_compiled
+from dataplane.runtime.apply import apply_compiled
 from dataplane.compiler import compile_rules
+from dataplane.input.cluster import load_cluster
 from dataplane.lab import Topology
-from dataplane.netns import read_back
-from dataplane.parse import load_cluster
+from dataplane.runtime.netns import read_back
 from svc_lab import (
     BACKEND_FAMILIES,
     BACKENDS,

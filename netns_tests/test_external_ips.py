@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
+from dataplane.input.cluster import load_cluster
 from dataplane.lab import Topology
-from dataplane.parse import load_cluster
-from dataplane.proxier import NetnsRunner, Proxier
+from dataplane.runtime.proxier import NetnsRunner, Proxier
 from svc_lab import (
     BACKEND_FAMILIES,
     DUAL_STACK_CLUSTER_CIDR,

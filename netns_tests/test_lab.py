@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from pyroute2 import netns as pr_netns
 
-from dataplane.conntrack import FlowTuple
+from dataplane.runtime.conntrack import FlowTuple
 from dataplane.errors import UsageError
 from dataplane.lab import (
     ClientSpec,
@@ -18,7 +18,7 @@ from dataplane.lab import (
     PodSpec,
     Topology,
 )
-from dataplane.netns import NETNS_DIR, in_netns, run_in
+from dataplane.runtime.netns import NETNS_DIR, in_netns, run_in
 
 
 def _exists(ns: str) -> bool:

@@ -35,8 +35,8 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.netns import in_netns, read_back, run_in
-from dataplane.proxier import NetnsRunner, Proxier
+from dataplane.runtime.netns import in_netns, read_back, run_in
+from dataplane.runtime.proxier import NetnsRunner, Proxier
 from svc_lab import BACKENDS, nodes_yaml, proxy_config_yaml, write_manifests
 
 pytestmark = pytest.mark.netns

@@ -16,7 +16,7 @@ import pytest
 
 from dataplane.compiler import CompileResult
 from dataplane.lab import Lab, Topology
-from dataplane.netns import read_back
+from dataplane.runtime.netns import read_back
 from svc_lab import (
     BACKEND_FAMILIES,
     DUAL_STACK_CLUSTER_CIDR,

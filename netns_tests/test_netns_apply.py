@@ -1,4 +1,4 @@
-"""dataplane.netns: apply/read back/clean up hand-written kube-proxy-style rules, proven with packets.
+"""dataplane.runtime.netns: apply/read back/clean up hand-written kube-proxy-style rules, proven with packets.
 
 The rules here are written by hand (in iptables-save's canonical form), not
 produced by the compiler, so these tests pin down the applier and the lab alone.
@@ -13,10 +13,10 @@ import re
 
 import pytest
 
-from dataplane.conntrack import FlowTuple
+from dataplane.runtime.conntrack import FlowTuple
 from dataplane.errors import ApplyError
 from dataplane.lab import Lab, Topology
-from dataplane.netns import (
+from dataplane.runtime.netns import (
     NETNS_DIR,
     apply_iptables,
     apply_nftables,

@@ -1,9 +1,9 @@
-"""dataplane.netns reads the live nft state from ``nft -j`` (JSON), not from listing text."""
+"""dataplane.runtime.netns reads the live nft state from ``nft -j`` (JSON), not from listing text."""
 from __future__ import annotations
 
 import pytest
 
-from dataplane import netns
+from dataplane.runtime import netns
 
 pytestmark = pytest.mark.netns
 

@@ -33,7 +33,8 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.netns import apply_nftables, run_in
+from dataplane.runtime.netns import apply_nftables, run_in
+from dataplane.trace import nft_model
 from dataplane.trace import nftables as tracer
 
 pytestmark = pytest.mark.netns
@@ -136,7 +137,7 @@ def kernel_view(listing: dict) -> dict:
     return view
 
 
-def _verdict(v: Optional[tracer.Verdict]) -> Optional[Verdict]:
+def _verdict(v: Optional[nft_model.Verdict]) -> Optional[Verdict]:
     return None if v is None else (v.kind, v.chain)
 
 
@@ -149,9 +150,9 @@ def tracer_view(ruleset: tracer.Ruleset) -> dict:
             verdicts: Counter = Counter()
             for rule in chain.rules:
                 for e in rule.exprs:
-                    if isinstance(e, tracer.Verdict):
+                    if isinstance(e, nft_model.Verdict):
                         verdicts[_verdict(e)] += 1
-                    elif isinstance(e, tracer.Vmap):
+                    elif isinstance(e, nft_model.Vmap):
                         verdicts.update(_verdict(el.verdict) for el in e.inline)
             base = (chain.ctype, chain.hook, chain.priority, chain.policy) if chain.hook else (None,) * 4
             chains[chain.name] = {"base": base, "rules": len(chain.rules), "verdicts": verdicts}

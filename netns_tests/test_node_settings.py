@@ -17,7 +17,7 @@ import secrets
 import pytest
 
 from dataplane.lab import Topology
-from dataplane.netns import read_back
+from dataplane.runtime.netns import read_back
 from svc_lab import (
     BACKEND_FAMILIES,
     DUAL_STACK_CLUSTER_CIDR,

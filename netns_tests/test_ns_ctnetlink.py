@@ -1,4 +1,4 @@
-"""Conntrack over netlink (dataplane.ctnetlink), proven against conntrack-tools as a witness.
+"""Conntrack over netlink (dataplane.runtime.ctnetlink), proven against conntrack-tools as a witness.
 
 Real UDP, TCP and crafted SCTP flows through a node's DNAT rules fill its conntrack
 table; a proxier sync that removes an endpoint deletes that endpoint's UDP and SCTP
@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from dataplane import ctnetlink
-from dataplane.conntrack import ConntrackDelete
+from dataplane.runtime import ctnetlink
+from dataplane.runtime.conntrack import ConntrackDelete
 from dataplane.lab import Lab, Topology
 from dataplane.model import (
     Cluster,
@@ -27,7 +27,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.proxier import NetnsRunner, Proxier
+from dataplane.runtime.proxier import NetnsRunner, Proxier
 from svc_lab import FAMILIES, client_ip, node_ip, pod_ip
 
 pytestmark = pytest.mark.netns

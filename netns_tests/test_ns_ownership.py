@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.apply import apply_cluster, apply_compiled
+from dataplane.runtime.apply import apply_cluster, apply_compiled
 from dataplane.compiler import compile_rules
 from dataplane.errors import ApplyError
+from dataplane.input.cluster import load_cluster
 from dataplane.lab import Lab
-from dataplane.netns import in_netns, read_back, run_in
-from dataplane.ownership import cleanup, record_path
-from dataplane.parse import load_cluster
+from dataplane.runtime.netns import in_netns, read_back, run_in
+from dataplane.runtime.ownership import cleanup, record_path
 from svc_lab import DUAL_STACK_CLUSTER_CIDR, dual_stack_slices, nodes_yaml, proxy_config_yaml, write_manifests
 
 pytestmark = pytest.mark.netns
@@ -201,10 +201,10 @@ def test_cleanup_restores_route_localnet_and_localhost_stays_out_of_reach(lab: L
         assert _connect(lab, "client1", "127.0.0.1", 7070) == "timeout"  # martian: dropped
 
         cluster = load_cluster([str(manifests(tmp_path, WEB))]).cluster
-        apply_cluster(node, cluster, "node1", mode="iptables")
+        apply_cluster(node, cluster, "node1", backend="iptables")
         assert sysctl(node, "net.ipv4.conf.all.route_localnet") == "1"  # for localhost NodePorts
         assert _connect(lab, "client1", "127.0.0.1", 7070) == "timeout"  # the localnet DROP
-        apply_cluster(node, cluster, "node1", mode="iptables", full=True)  # records "0" only once
+        apply_cluster(node, cluster, "node1", backend="iptables", full=True)  # records "0" only once
 
         run = dataplane("cleanup", "--netns", node)
         assert run.returncode == 0, run.stderr

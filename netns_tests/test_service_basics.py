@@ -20,7 +20,7 @@ import pytest
 
 from dataplane.compiler import CompileResult
 from dataplane.lab import Lab, Topology
-from dataplane.netns import cleanup, read_back
+from dataplane.runtime.netns import cleanup, read_back
 from svc_lab import (
     BACKEND_FAMILIES,
     BACKENDS,
@@ -306,7 +306,7 @@ def test_rules_in_the_kernel_match_the_compiled_rules_and_reapply_is_idempotent(
     # nothing was written to the other family
     assert "KUBE-" not in read_back(node, backend, ipv6=not ipv6)
     assert "kube-proxy" not in read_back(node, backend, ipv6=not ipv6)
-    from dataplane.apply import apply_compiled
+    from dataplane.runtime.apply import apply_compiled
     apply_compiled(node, result)
     assert read_back(node, backend, ipv6=ipv6) == before
     # and traffic still flows after the re-apply

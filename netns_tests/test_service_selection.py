@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dataplane.lab import Topology
-from dataplane.netns import read_back
+from dataplane.runtime.netns import read_back
 from svc_lab import (
     BACKEND_FAMILIES,
     DUAL_STACK_CLUSTER_CIDR,

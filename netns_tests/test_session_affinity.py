@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import pytest
 
 from dataplane.compiler import compile_rules
+from dataplane.input.cluster import load_cluster
 from dataplane.lab import Lab, Topology
-from dataplane.netns import read_back
-from dataplane.parse import load_cluster
-from dataplane.apply import apply_compiled
+from dataplane.runtime.netns import read_back
+from dataplane.runtime.apply import apply_compiled
 from svc_lab import (
     BACKEND_FAMILIES,
     DUAL_STACK_CLUSTER_CIDR,

@@ -27,8 +27,11 @@ from dataplane.backends import iptables as ipt
 from dataplane.backends import nftables as nft
 from dataplane.controllers.allocation import allocate_cluster
 from dataplane.controllers.endpointslices import with_derived_slices
-from dataplane.lab import Lab, Topology, tcp_probe, udp_probe
-from dataplane.labctl import LABS_DIR, LabError, derive_layout, families_in_use, forget_namespace
+from dataplane.input.cluster import load_cluster
+from dataplane.errors import LabError
+from dataplane.lab import Lab, derive_layout, families_in_use, tcp_probe, udp_probe
+from dataplane.lab.cluster import forget_namespace
+from dataplane.lab.state import LABS_DIR
 from dataplane.model import (
     Cluster,
     Endpoint,
@@ -40,8 +43,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.netns import NETNS_DIR
-from dataplane.parse import load_cluster
+from dataplane.runtime.netns import NETNS_DIR
 from dataplane.verify import Progress, Report, _use_color, add_commands
 from svc_lab import BACKENDS
 
@@ -389,6 +391,100 @@ def test_verify_reports_broken_rules_and_exits_1(backend, monkeypatch, capsys):
             assert any(p.startswith("kernel:") for p in r["problems"])
 
 
+# kubernetes/examples' glusterfs volume example (volumes/glusterfs: glusterfs-endpoints.yaml and
+# glusterfs-service.yaml): a selectorless Service whose Endpoints are storage servers outside the
+# cluster, with the example's Node and a web Service whose Pod the lab does build.
+GLUSTERFS = """
+apiVersion: v1
+kind: Node
+metadata: {name: node1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: glusterfs-cluster}
+subsets:
+- addresses: [{ip: 10.240.106.152}]
+  ports: [{port: 1}]
+- addresses: [{ip: 10.240.79.157}]
+  ports: [{port: 1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: glusterfs-cluster}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{port: 1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.41
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: web}}
+spec: {nodeName: node1, containers: [{name: c, image: nginx, ports: [{containerPort: 8080}]}]}
+status: {podIP: 10.244.1.10, conditions: [{type: Ready, status: "True"}]}
+"""
+
+
+@netns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flows_to_endpoints_outside_the_lab_are_skipped_not_failed(backend, tmp_path):
+    manifest = tmp_path / "glusterfs.yaml"
+    manifest.write_text(GLUSTERFS)
+    run = dataplane("verify", "-f", str(manifest), "--backend", backend, "--json")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    assert "10.240.106.152" in run.stderr and "not built" in run.stderr  # the layout's warning
+    report = json.loads(run.stdout)
+    results = report["results"]
+    gluster = [r for r in results if r["service"] == "default/glusterfs-cluster"]
+    web = [r for r in results if r["service"] == "default/web"]
+    assert len(gluster) == len(web) == 2  # the ClusterIP from the probe pod and from the node
+    assert report["ok"] and report["mismatches"] == 0 and report["skipped"] == 2
+    for r in gluster:
+        assert r["result"] == "skipped" and r["ok"] and r["problems"] == []
+        assert "the lab cannot build endpoints 10.240.106.152:1, 10.240.79.157:1" in r["skipped"]
+        # the rules are still proven right by the tracer: DNAT to the two storage servers
+        assert r["trace"]["verdict"] == "dnat"
+        assert set(r["trace"]["endpoints"]) == {"10.240.106.152:1", "10.240.79.157:1"}
+    for r in web:
+        assert r["result"] == "ok" and r["skipped"] is None
+        assert r["kernel"]["endpoint"] == "10.244.1.10:8080"
+    table = dataplane("verify", "-f", str(manifest), "--backend", backend)
+    assert table.returncode == 0, table.stdout + table.stderr
+    lines = table.stdout.splitlines()
+    assert sum(line.endswith(" skipped") for line in lines) == 2 and sum(line.endswith(" OK") for line in lines) == 2
+    assert "skipped:" in lines
+    assert lines[-1].startswith(f"verify: 4 flows on 1 node(s) ({backend}, ipv4): 2 OK, 2 skipped "
+                                "(the lab cannot build them) in ")
+
+
+@netns
+def test_a_skipped_flow_still_fails_when_the_tracer_disagrees_with_the_plan(monkeypatch, capsys, tmp_path):
+    # rules without the DNAT to one storage server are a mismatch even where the kernel cannot be judged
+    manifest = tmp_path / "glusterfs.yaml"
+    manifest.write_text(GLUSTERFS)
+    render_file = ipt.render_file
+
+    def broken(*args, **kwargs):
+        text = render_file(*args, **kwargs)
+        return "".join(line for line in text.splitlines(keepends=True)
+                       if "--to-destination 10.240.106.152:1" not in line)
+
+    monkeypatch.setattr(ipt, "render_file", broken)
+    rc, report = run_verify_in_process(["-f", str(manifest), "--backend", "iptables"], capsys)
+    gluster = [r for r in report["results"] if r["service"] == "default/glusterfs-cluster"]
+    assert rc == 1 and gluster and all(r["result"] == "mismatch" and r["skipped"] for r in gluster)
+    assert all(any(p.startswith("trace: endpoints 10.240.79.157:1;") for p in r["problems"]) for r in gluster)
+    assert [r["result"] for r in report["results"] if r["service"] == "default/web"] == ["ok", "ok"]
+
+
 @netns
 def test_verify_table_output_without_a_terminal(tmp_path):
     run = dataplane("verify", "-f", str(EXAMPLE), "--allocate", "--seed", str(SEED))
@@ -460,8 +556,8 @@ def test_lab_up_refuses_a_running_lab_and_down_needs_one():
     try:
         again = dataplane(*args)
         assert again.returncode == 1
-        assert again.stderr == (f"error: lab {name} is already up; remove it first with: "
-                                f"dataplane lab down --name {name}\n")
+        errors = [line for line in again.stderr.splitlines() if not line.startswith("warning: ")]
+        assert errors == [f"error: lab {name} is already up; remove it first with: dataplane lab down --name {name}"]
     finally:
         assert dataplane("lab", "down", "--name", name).returncode == 0
     gone = dataplane("lab", "down", "--name", name)
@@ -579,7 +675,6 @@ def test_layout_places_endpoints_without_pods_and_host_network_ones():
     assert [(n.tcp_ports, n.udp_ports) for n in layout.nodes] == [((), ()), ((8080,), ())]
     assert len(layout.warnings) == 1 and "172.16.0.1" in layout.warnings[0]
     assert [p.node for p in layout.probes] == [n.name for n in layout.nodes]
-    assert Topology.from_cluster(cluster) == layout.topology
 
 
 def test_layout_of_an_ipv6_only_cluster_with_source_ranges():

@@ -33,7 +33,7 @@ from dataplane.controllers.portallocator import (
     port_range_offset,
 )
 from dataplane.errors import InputError, UsageError
-from dataplane.loader import Document
+from dataplane.input.loader import Document
 from dataplane.model import Cluster, ObjectRef, Service, ServicePort
 
 
@@ -405,12 +405,19 @@ def test_given_cluster_ip_kept_and_conflict_reported():
 
 
 def test_cluster_ip_out_of_range():
+    """Out of the default range, the error says where the cluster's range can come from."""
     with pytest.raises(InputError) as excinfo:
         allocate_cluster(Cluster(services=(svc("a", cluster_ips=("192.168.0.1",)),)))
     assert problems_of(excinfo)[0].endswith(
         'spec.clusterIPs: Invalid value: []string{"192.168.0.1"}: failed to allocate IP 192.168.0.1: '
         "the provided IP (192.168.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12"
+        " (the range is the default 10.96.0.0/12: give the cluster's range with --service-cluster-ip-range, "
+        "or include its ServiceCIDR objects (kubectl get servicecidrs -o yaml) or kubeadm ClusterConfiguration)"
     )
+    # a range given explicitly gets no hint
+    with pytest.raises(InputError) as excinfo:
+        allocate_cluster(Cluster(services=(svc("a", cluster_ips=("192.168.0.1",)),)), service_cidrs="10.96.0.0/12")
+    assert problems_of(excinfo)[0].endswith("The range of valid IPs is 10.96.0.0/12")
 
 
 def test_given_values_are_registered_before_dynamic_allocation():
@@ -949,8 +956,8 @@ items:
 
 def test_fill_documents_round_trips_through_the_parser():
     """Filled manifests validate, and allocating them again changes nothing."""
-    from dataplane.loader import documents_from_text
-    from dataplane.parse import parse_cluster
+    from dataplane.input.cluster import parse_cluster
+    from dataplane.input.loader import documents_from_text
 
     docs, problems = documents_from_text(MANIFESTS, "in.yaml")
     assert not problems and [d.index for d in docs] == [1, 2, 3]

@@ -181,8 +181,8 @@ def test_process_exit_keeps_output_and_status(tmp_path):
     from dataplane.compiler import compile_rules
     from dataplane.controllers.allocation import allocate_cluster
     from dataplane.controllers.endpointslices import with_derived_slices
-    from dataplane.input.loader import load_documents
     from dataplane.input.cluster import parse_cluster
+    from dataplane.input.loader import load_documents
 
     argv = [sys.executable, "-I", "-m", "dataplane", "compile", "--allocate", "--seed", "1", "-f", str(EXAMPLE),
             "--node", "node-a", "--backend", "nftables"]
@@ -201,12 +201,12 @@ def test_process_exit_keeps_output_and_status(tmp_path):
 def test_core_commands_do_not_import_the_lab():
     """The parser for a built-in command leaves the other commands' modules unimported."""
     probe = ("import sys; from dataplane.cli import build_parser; build_parser({!r}); "
-             "print(sorted(m for m in ('dataplane.labctl', 'dataplane.lab', 'dataplane.verify', "
+             "print(sorted(m for m in ('dataplane.lab', 'dataplane.lab.cli', 'dataplane.verify', "
              "'dataplane.discovery', 'dataplane.trace.cli') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-I", "-c", probe.format("compile")], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
     r = subprocess.run([sys.executable, "-I", "-c", probe.format(None)], capture_output=True, text=True)
-    assert "dataplane.labctl" in r.stdout and "dataplane.trace.cli" in r.stdout, r.stderr
+    assert "dataplane.lab.cli" in r.stdout and "dataplane.trace.cli" in r.stdout, r.stderr
 
 
 def test_stdin_is_read_as_bytes_like_a_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Conntrack records and filters (dataplane.conntrack) and ctnetlink decoding (dataplane.ctnetlink).
+"""Conntrack records and filters (dataplane.runtime.conntrack) and ctnetlink decoding (dataplane.runtime.ctnetlink).
 
 The dumps below are real kernel bytes: one ctnetlink dump reply per family, read in a
 node namespace after a TCP connection and an SCTP INIT to ClusterIP 10.96.0.53 /
@@ -11,8 +11,8 @@ import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket
 from pyroute2.netlink.nlsocket import Marshal
 
-from dataplane.conntrack import IPS_DST_NAT, ConntrackDelete, ConntrackEntry, FlowTuple, select
-from dataplane.ctnetlink import entry_from_msg
+from dataplane.runtime.conntrack import IPS_DST_NAT, ConntrackDelete, ConntrackEntry, FlowTuple, select
+from dataplane.runtime.ctnetlink import entry_from_msg
 
 DUMP_V4 = bytes.fromhex(
     "d400000000012200ff000000f93e000002000000340001801400018008000100c0000264080002000a6000351c000280"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import shutil
+import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -65,9 +68,35 @@ def eps(service: str, *endpoints: Endpoint, ns: str = "default", family: str = "
     return EndpointSlice(ns, name or f"{service}-{family.lower()}", service, family, tuple(endpoints), tuple(ports))
 
 
+def checked_zone(text: str, domain: str = DOMAIN) -> str:
+    """``text`` after BIND's ``named-checkzone`` has loaded it as the zone ``domain`` with its
+    strictest checks failing (names, NS glue, MX and SRV targets): every zone a test produces
+    must load in a real DNS server. Returns ``text``."""
+    checker = shutil.which("named-checkzone")
+    assert checker, "named-checkzone not found: scripts/setup installs it (Debian's bind9-utils)"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "zone")
+        path.write_text(text)
+        done = subprocess.run([checker, "-i", "full", "-k", "fail", "-n", "fail", "-m", "fail", "-M", "fail",
+                               "-S", "fail", "-r", "fail", domain, str(path)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"named-checkzone refuses the zone:\n{done.stdout}{done.stderr}\n{text}"
+    return text
+
+
+def loaded_zone(text: str, domain: str = DOMAIN) -> dns.zone.Zone:
+    """A produced zone file checked by :func:`checked_zone`, then parsed with dnspython."""
+    return dns.zone.from_text(checked_zone(text, domain), origin=f"{domain}.", relativize=False)
+
+
+def checked_zone_file(cluster: Cluster, domain: str = DOMAIN) -> str:
+    """:func:`zone_file`, checked by :func:`checked_zone`."""
+    return checked_zone(zone_file(cluster, domain), domain)
+
+
 def zone_of(cluster: Cluster, domain: str = DOMAIN) -> dns.zone.Zone:
-    """Parse the produced zone file with dnspython (checks SOA and NS at the origin)."""
-    return dns.zone.from_text(zone_file(cluster, domain), origin=f"{domain}.", relativize=False)
+    """The produced zone file, checked by named-checkzone and parsed with dnspython."""
+    return loaded_zone(zone_file(cluster, domain), domain)
 
 
 def values(zone: dns.zone.Zone, name: str, rdtype: str) -> set[str]:
@@ -117,7 +146,7 @@ def test_zone_is_valid_with_soa_ns_and_schema_version():
 def test_every_service_record_has_ttl_30():
     text = zone_file(Cluster(services=(svc("web"),)), DOMAIN)
     assert "$TTL 30" in text and "TTL 30" in text.splitlines()[1]
-    zone = dns.zone.from_text(text, origin="cluster.local.", relativize=False)
+    zone = loaded_zone(text)
     for name, node in zone.nodes.items():
         for rdataset in node.rdatasets:
             expected = 28800 if name.to_text() == "dns-version.cluster.local." else 30
@@ -133,13 +162,19 @@ def test_ns_glue_comes_from_the_kube_dns_service():
     assert values(zone, "_dns._udp.kube-dns.kube-system.svc.cluster.local", "SRV") == {
         "0 100 53 kube-dns.kube-system.svc.cluster.local."
     }
-    assert "ns.dns.cluster.local." not in names(zone_of(Cluster(services=(svc("web"),))))
+    # without kube-dns (or without its cluster IPs) the name server gets kubeadm's address for it
+    for services in ((svc("web"),), (svc("kube-dns", "kube-system", ()),), (headless("kube-dns", "kube-system"),)):
+        zone = zone_of(Cluster(services=services))
+        assert values(zone, "ns.dns.cluster.local", "A") == {"10.96.0.10"}
+        assert values(zone, "ns.dns.cluster.local", "AAAA") == set()
+    v6_dns = svc("kube-dns", "kube-system", ("fd00::a",))
+    assert values(zone_of(Cluster(services=(v6_dns,))), "ns.dns.cluster.local", "A") == set()
 
 
 def test_custom_cluster_domain_is_normalised():
     zone = zone_of(Cluster(services=(svc("web", "shop"),)), "corp.example")
     assert values(zone, "web.shop.svc.corp.example", "A") == {"10.96.0.10"}
-    assert zone_file(Cluster(), "Corp.Example.") == zone_file(Cluster(), "corp.example")
+    assert zone_file(Cluster(), "Corp.Example.") == checked_zone_file(Cluster(), "corp.example")
     assert normalize_domain(" Cluster.Local. ") == "cluster.local"
 
 
@@ -239,7 +274,7 @@ def test_headless_srv_per_endpoint_name_with_endpoint_port_and_even_weights():
 
 def test_headless_without_endpoints_has_no_records_and_no_warning():
     view = dns_view(Cluster(services=(headless("db", ports=(ServicePort(5432, "TCP", "pg"),)),)), DOMAIN)
-    assert [r.type for r in view.records] == ["SOA", "NS", "TXT"]
+    assert [r.type for r in view.records] == ["SOA", "NS", "A", "TXT"]
     assert view.warnings == ()
 
 
@@ -285,7 +320,7 @@ def test_external_name_that_is_an_ip_gets_no_record_and_a_warning():
     ref = ObjectRef("Service", "default", "raw", source="in.yaml", index=3)
     view = dns_view(Cluster(services=(
         Service("default", "raw", type="ExternalName", external_name="192.0.2.7", ref=ref),)), DOMAIN)
-    assert [r.type for r in view.records] == ["SOA", "NS", "TXT"]
+    assert [r.type for r in view.records] == ["SOA", "NS", "A", "TXT"]
     assert view.warnings and "192.0.2.7 is an IP address" in view.warnings[0]
 
 
@@ -297,7 +332,7 @@ def test_output_is_deterministic_and_in_canonical_order():
     services = cluster.services + (svc("web", "shop", ("10.96.0.20", "fd00::20")), svc("api", "shop"),
                                    Service("b", "ext", type="ExternalName", external_name="x.example"))
     slices = list(cluster.endpoint_slices)
-    expected = zone_file(Cluster(services=services, endpoint_slices=tuple(slices)), DOMAIN)
+    expected = checked_zone_file(Cluster(services=services, endpoint_slices=tuple(slices)), DOMAIN)
     rng = random.Random(7)
     for _ in range(5):
         shuffled = list(services)
@@ -305,7 +340,7 @@ def test_output_is_deterministic_and_in_canonical_order():
         rng.shuffle(slices)
         assert zone_file(Cluster(services=tuple(shuffled), endpoint_slices=tuple(slices)), DOMAIN) == expected
     records = dns_records(Cluster(services=services, endpoint_slices=tuple(slices)), DOMAIN)
-    assert [r.type for r in records[:3]] == ["SOA", "NS", "TXT"]
+    assert [r.type for r in records[:4]] == ["SOA", "NS", "A", "TXT"]
     owners = [r.name for r in records if r.name.endswith(".svc.cluster.local.")]
     namespaces = [name.split(".")[-5] for name in owners]
     assert namespaces == sorted(namespaces)  # grouped by namespace, then Service
@@ -325,8 +360,7 @@ def test_names_longer_than_255_octets_are_left_out_with_a_warning():
     services = (svc("s" * 60, "n" * 20), svc("short"), headless("h", ports=(ServicePort(80, "TCP", "p"),)))
     slices = (eps("h", endpoint("10.244.0.1", hostname="x" * 63), ports=(EndpointPort(80, "TCP", "p"),)),)
     view = dns_view(Cluster(services=services, endpoint_slices=slices), domain)
-    zone = dns.zone.from_text("".join(f"{r.name} {r.ttl} IN {r.type} {r.data}\n" for r in view.records),
-                              origin=f"{domain}.", relativize=False)
+    zone = zone_of(Cluster(services=services, endpoint_slices=slices), domain)
     assert f"short.default.svc.{domain}." in names(zone)
     assert values(zone, f"h.default.svc.{domain}", "A") == {"10.244.0.1"}
     assert not any(r.name.startswith("s" * 60) or ("x" * 63) in r.name + r.data for r in view.records)
@@ -562,7 +596,7 @@ def test_dns_command_end_to_end_derives_headless_endpoints_from_pods(tmp_path, c
     path = write(tmp_path, MANIFESTS)
     code, out, err = run(["dns", "-f", path], capsys)
     assert code == 0
-    zone = dns.zone.from_text(out, origin="cluster.local.", relativize=False)
+    zone = loaded_zone(out)
     assert values(zone, "web.shop.svc.cluster.local", "A") == {"10.96.0.80"}
     assert values(zone, "web.shop.svc.cluster.local", "AAAA") == {"fd00:96::80"}
     assert values(zone, "_http._tcp.web.shop.svc.cluster.local", "SRV") == {"0 100 80 web.shop.svc.cluster.local."}
@@ -590,7 +624,7 @@ def test_dns_command_stdin_domain_and_output_file(tmp_path, capsys, monkeypatch)
     assert code == 0 and out == ""
     text = out_file.read_text()
     assert text.splitlines()[2] == "$ORIGIN corp.example."
-    zone = dns.zone.from_text(text, origin="corp.example.", relativize=False)
+    zone = loaded_zone(text, "corp.example")
     assert values(zone, "web.shop.svc.corp.example", "A") == {"10.96.0.80"}
 
 

@@ -1,4 +1,4 @@
-"""Drift detection (dataplane.drift) without a kernel: fingerprints of iptables-save text, the
+"""Drift detection (dataplane.runtime.drift) without a kernel: fingerprints of iptables-save text, the
 objects an nftables update touches, the wording, and when the kernel is read at all.
 (netns_tests/test_apply_safety.py flushes real rules and repairs them.)"""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from dataplane import drift
+from dataplane.runtime import drift
 from dataplane.model import (
     Cluster,
     Endpoint,
@@ -20,7 +20,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.proxier import Proxier
+from dataplane.runtime.proxier import Proxier
 
 SAVE = """\
 *filter

@@ -344,3 +344,118 @@ def test_derived_slices_feed_the_plan(ready):
     if ready:
         (endpoint,) = service_port.cluster_endpoints
         assert (endpoint.ip, endpoint.port, endpoint.is_local) == ("10.0.0.1", 8080, True)
+
+
+# ------------------------------------------------------ trafficDistribution hints
+
+ZONED = (Node("node-a", labels=(("topology.kubernetes.io/zone", "zone-a"),)),
+         Node("node-b", labels=(("topology.kubernetes.io/zone", "zone-b"),)),
+         Node("node-nozone"))
+
+
+def hints_of(svc: Service, *pods: Pod) -> dict[str, tuple]:
+    """``pod name -> (forZones, forNodes)`` of the derived endpoints."""
+    (eps,) = derive(svc, *pods, nodes=ZONED)
+    return {e.target_ref_name: (e.hints_for_zones, e.hints_for_nodes) for e in eps.endpoints}
+
+
+ZONE_PODS = (pod("a", "10.0.0.1", node_name="node-a"), pod("b", "10.0.0.2", node_name="node-b"),
+             pod("n", "10.0.0.3", node_name="node-nozone"), pod("x", "10.0.0.4", node_name="node-unknown"))
+
+
+@pytest.mark.parametrize("value", ["PreferClose", "PreferSameZone"])
+def test_prefer_same_zone_hints_ready_endpoints_for_their_zone(value):
+    assert hints_of(web(traffic_distribution=value), *ZONE_PODS) == {
+        "a": (("zone-a",), None), "b": (("zone-b",), None),
+        "n": (None, None), "x": (None, None),  # no zone: no zone hint
+    }
+
+
+def test_prefer_same_node_hints_zone_and_node():
+    assert hints_of(web(traffic_distribution="PreferSameNode"), *ZONE_PODS) == {
+        "a": (("zone-a",), ("node-a",)), "b": (("zone-b",), ("node-b",)),
+        "n": (None, ("node-nozone",)), "x": (None, ("node-unknown",)),
+    }
+    unscheduled = pod("u", "10.0.0.5", node_name=None)
+    assert hints_of(web(traffic_distribution="PreferSameNode"), unscheduled) == {"u": (None, None)}
+
+
+def test_only_ready_endpoints_are_hinted():
+    got = hints_of(web(traffic_distribution="PreferSameNode"),
+                   pod("ready", "10.0.0.1"), pod("unready", "10.0.0.2", ready=False),
+                   pod("leaving", "10.0.0.3", terminating=True))
+    assert got == {"ready": (("zone-a",), ("node-a",)), "unready": (None, None), "leaving": (None, None)}
+    published = hints_of(web(traffic_distribution="PreferClose", publish_not_ready_addresses=True),
+                         pod("unready", "10.0.0.2", ready=False))
+    assert published == {"unready": (("zone-a",), None)}  # publishNotReadyAddresses: ready, so hinted
+
+
+def test_no_or_auto_traffic_distribution_gives_no_hints():
+    assert set(hints_of(web(), *ZONE_PODS).values()) == {(None, None)}
+    auto = web(traffic_distribution="PreferClose", topology_mode_auto=True)
+    assert set(hints_of(auto, *ZONE_PODS).values()) == {(None, None)}
+
+
+def test_hints_in_manifest_and_names():
+    svc = web(traffic_distribution="PreferSameNode")
+    (eps,) = derive(svc, pod("a", "10.0.0.1"), nodes=ZONED)
+    (manifest,) = slices_to_manifests([eps])
+    assert manifest["endpoints"][0]["hints"] == {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "node-a"}]}
+    (plain,) = derive(web(), pod("a", "10.0.0.1"), nodes=ZONED)
+    assert "hints" not in slices_to_manifests([plain])[0]["endpoints"][0]
+
+
+def test_prefer_close_slices_steer_the_plan_per_zone():
+    """The derived hints reach kube-proxy's categorisation: zone-a uses only its pod, a zone-c node both."""
+    from dataplane.model import ProxyConfig
+    from dataplane.plan import build_plan
+
+    nodes = ZONED + (Node("node-c", labels=(("topology.kubernetes.io/zone", "zone-c"),)),)
+    cluster = with_derived_slices(Cluster(
+        services=(web(traffic_distribution="PreferClose"),),
+        pods=(pod("a", "10.0.0.1", node_name="node-a"), pod("b", "10.0.0.2", node_name="node-b")),
+        nodes=nodes, proxy_config=ProxyConfig(cluster_cidrs=("10.0.0.0/8",)),
+    ))
+
+    def used(node: str) -> list[str]:
+        (port,) = build_plan(cluster, node).services
+        return [e.address for e in port.cluster_endpoints]
+
+    assert used("node-a") == ["10.0.0.1:8080"]
+    assert used("node-b") == ["10.0.0.2:8080"]
+    assert used("node-c") == ["10.0.0.1:8080", "10.0.0.2:8080"]
+
+
+# ------------------------------------------------------ native sidecars, appProtocol
+
+
+def test_named_port_found_on_native_sidecar_after_containers():
+    sidecar = ContainerPort(15090, "TCP", "http-envoy-prom")
+    p = pod("p", container_ports=(ContainerPort(8080, "TCP", "http"),),
+            sidecar_ports=(sidecar, ContainerPort(9999, "TCP", "http"), ContainerPort(5353, "UDP", "dns")))
+    assert resolve_target_port(ServicePort(15090, "TCP", target_port="http-envoy-prom"), p) == 15090
+    assert resolve_target_port(ServicePort(80, "TCP", target_port="http"), p) == 8080  # containers first
+    assert resolve_target_port(ServicePort(53, "UDP", target_port="dns"), p) == 5353
+    assert resolve_target_port(ServicePort(53, "TCP", target_port="dns"), p) is None  # protocol must match
+    first = pod("q", sidecar_ports=(ContainerPort(7001, "TCP", "admin"), ContainerPort(7002, "TCP", "admin")))
+    assert resolve_target_port(ServicePort(70, "TCP", target_port="admin"), first) == 7001  # first match wins
+
+
+def test_sidecar_port_derives_slices():
+    svc = web(ports=(ServicePort(15090, "TCP", "metrics", target_port="http-envoy-prom"),))
+    slices = derive(svc, pod("p", "10.0.0.1", sidecar_ports=(ContainerPort(15090, "TCP", "http-envoy-prom"),)),
+                    pod("plain", "10.0.0.2"))
+    got = {eps.ports: targets(eps) for eps in slices}
+    assert got == {(EndpointPort(15090, "TCP", "metrics"),): ["p"], (): ["plain"]}  # no sidecar: no port
+
+
+def test_app_protocol_copied_into_slices_and_manifests():
+    svc = web(ports=(ServicePort(80, "TCP", "http", target_port=8080, app_protocol="kubernetes.io/h2c"),
+                     ServicePort(9000, "TCP", "raw")))
+    (eps,) = derive(svc, pod("p", "10.0.0.1"))
+    assert eps.ports == (EndpointPort(8080, "TCP", "http", app_protocol="kubernetes.io/h2c"),
+                         EndpointPort(9000, "TCP", "raw"))
+    assert slices_to_manifests([eps])[0]["ports"] == [
+        {"name": "http", "protocol": "TCP", "port": 8080, "appProtocol": "kubernetes.io/h2c"},
+        {"name": "raw", "protocol": "TCP", "port": 9000},
+    ]

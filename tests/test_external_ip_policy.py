@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
 from dataplane.cli import main
 from dataplane.compiler import compile_rules, render
 from dataplane.errors import InputError, UsageError
-from dataplane.loader import documents_from_text
+from dataplane.input.cluster import parse_cluster
+from dataplane.input.loader import documents_from_text
 from dataplane.model import (
     Cluster,
     Endpoint,
@@ -28,7 +27,6 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.parse import parse_cluster
 from dataplane.plan import build_plan
 from dataplane.trace import Packet, trace
 

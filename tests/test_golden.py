@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dataplane.compiler import compile_rules
-from dataplane.parse import load_cluster
+from dataplane.input.cluster import load_cluster
 
 HERE = Path(__file__).parent
 CASES = HERE / "cases"

@@ -1,4 +1,4 @@
-"""The addresses a lab layout picks (dataplane.labctl.derive_layout), pinned.
+"""The addresses a lab layout picks (dataplane.lab.layout.derive_layout), pinned.
 
 The expected choices below were computed by the address allocator before it moved to
 netaddr IP sets (it scanned candidate addresses one by one); the IP-set allocator must
@@ -13,7 +13,9 @@ import pytest
 
 from dataplane.controllers.allocation import allocate_cluster
 from dataplane.controllers.endpointslices import with_derived_slices
-from dataplane.labctl import _free_host, _free_subnet, _Space, derive_layout, families_in_use
+from dataplane.input.cluster import load_cluster
+from dataplane.lab.addresses import Space, free_host, free_subnet
+from dataplane.lab.layout import derive_layout, families_in_use
 from dataplane.model import (
     Cluster,
     Endpoint,
@@ -25,7 +27,6 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.parse import load_cluster
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cluster.yaml"
 
@@ -134,29 +135,29 @@ def net(text: str):
 
 
 def test_free_host_takes_from_either_end_around_used_reserved_and_avoided_addresses():
-    space = _Space()
+    space = Space()
     space.use([ipaddress.ip_address("192.0.2.254"), ipaddress.ip_address("192.0.2.1")])
     space.nets.append(net("192.0.2.240/29"))  # reserved for something else: 192.0.2.240-247
     underlay = net("192.0.2.0/24")
-    assert str(_free_host(underlay, space)) == "192.0.2.253"
-    assert str(_free_host(underlay, space, from_end=False)) == "192.0.2.2"
-    assert str(_free_host(underlay, space, avoid=[net("192.0.2.248/29")])) == "192.0.2.239"
-    assert _free_host(net("192.0.2.0/31"), space) is None  # no host addresses
+    assert str(free_host(underlay, space)) == "192.0.2.253"
+    assert str(free_host(underlay, space, from_end=False)) == "192.0.2.2"
+    assert str(free_host(underlay, space, avoid=[net("192.0.2.248/29")])) == "192.0.2.239"
+    assert free_host(net("192.0.2.0/31"), space) is None  # no host addresses
     # a reserved network is usable from inside itself
-    assert str(_free_host(net("192.0.2.240/29"), space)) == "192.0.2.246"
+    assert str(free_host(net("192.0.2.240/29"), space)) == "192.0.2.246"
     # "the end" of an IPv6 /64 is the end of its first 2^16 addresses
-    assert str(_free_host(net("fd00:1::/64"), space)) == "fd00:1::fffe"
+    assert str(free_host(net("fd00:1::/64"), space)) == "fd00:1::fffe"
     # the special ranges are never handed out
-    assert _free_host(net("169.254.1.0/24"), space) is None
+    assert free_host(net("169.254.1.0/24"), space) is None
 
 
 def test_free_subnet_skips_reserved_and_used_networks_in_pool_order():
-    space = _Space()
+    space = Space()
     space.nets.append(net("198.18.0.0/23"))
     space.use([ipaddress.ip_address("198.18.2.7")])
-    assert str(_free_subnet(4, space)) == "198.18.3.0/24"
-    assert str(_free_subnet(4, space)) == "198.18.4.0/24"  # now reserved by the first call
+    assert str(free_subnet(4, space)) == "198.18.3.0/24"
+    assert str(free_subnet(4, space)) == "198.18.4.0/24"  # now reserved by the first call
     space.nets.append(net("198.18.0.0/15"))  # the first pool is full: the second one
-    assert str(_free_subnet(4, space)) == "100.64.0.0/24"
+    assert str(free_subnet(4, space)) == "100.64.0.0/24"
     space.nets.append(net("fd00:dada::/49"))
-    assert str(_free_subnet(6, space)) == "fd00:dada:0:8000::/64"
+    assert str(free_subnet(6, space)) == "fd00:dada:0:8000::/64"

@@ -1,4 +1,4 @@
-"""Tests for dataplane.loader: reading YAML/JSON manifests into documents."""
+"""Tests for dataplane.input.loader: reading YAML/JSON manifests into documents."""
 from __future__ import annotations
 
 import io
@@ -10,15 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.errors import InputError
-from dataplane.loader import (
-    Document,
-    _load_yaml_all,
-    _parse_simple_yaml,
-    documents_from_text,
-    format_value,
-    load_documents,
-    read_documents,
-)
+from dataplane.input.fastyaml import _load_yaml_all, _parse_simple_yaml
+from dataplane.input.loader import Document, documents_from_text, load_documents, read_documents
+from dataplane.input.messages import format_value
 
 SERVICE = """\
 apiVersion: v1
@@ -467,7 +461,7 @@ def test_explicit_tags_that_do_not_fit_are_problems(tmp_path, text, message):
 
 
 def test_a_port_written_in_base_60_must_be_an_integer(tmp_path):
-    from dataplane.parse import load_cluster
+    from dataplane.input.cluster import load_cluster
 
     path = write(tmp_path, "svc.yaml", """\
         apiVersion: v1

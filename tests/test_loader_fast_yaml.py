@@ -1,6 +1,6 @@
-"""The fast YAML readers in dataplane.fastyaml build exactly what GoSafeLoader builds.
+"""The fast YAML readers in dataplane.input.fastyaml build exactly what GoSafeLoader builds.
 
-GoSafeLoader (dataplane.goyaml) is PyYAML's safe loader reading YAML as the API
+GoSafeLoader (dataplane.input.goyaml) is PyYAML's safe loader reading YAML as the API
 server does (go-yaml v2). ``_parse_simple_yaml`` reads the plain block subset
 that kubectl writes and must either give up (None) or agree with it (types
 included: ``1`` is not ``True``); ``_load_yaml_all`` (what the loader uses)
@@ -15,9 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataplane.fastyaml import RejectedDocument, _may_have_aliases
-from dataplane.goyaml import DocumentError, GoSafeLoader
-from dataplane.loader import _load_yaml_all, _parse_simple_yaml
+from dataplane.input.fastyaml import RejectedDocument, _load_yaml_all, _may_have_aliases, _parse_simple_yaml
+from dataplane.input.goyaml import DocumentError, GoSafeLoader
 
 
 def _pyyaml(text: str):

@@ -1,4 +1,4 @@
-"""Tests for dataplane.mirror: v1 Endpoints -> EndpointSlices, like the mirroring controller."""
+"""Tests for dataplane.controllers.mirror: v1 Endpoints -> EndpointSlices, like the mirroring controller."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.errors import InputError
-from dataplane.loader import Document
-from dataplane.mirror import (
+from dataplane.input.cluster import parse_cluster
+from dataplane.input.loader import Document
+from dataplane.controllers.mirror import (
     MAX_ENDPOINTS_PER_SUBSET,
     EndpointAddress,
     Endpoints,
@@ -20,7 +21,6 @@ from dataplane.mirror import (
     unmirrored_address_count,
 )
 from dataplane.model import Endpoint, EndpointConditions, EndpointPort, ObjectRef
-from dataplane.parse import parse_cluster
 
 SRC = "ep.yaml"
 HTTP = EndpointPort(port=80, protocol="TCP", name="http")
@@ -236,6 +236,9 @@ def test_only_endpoints_of_an_existing_service_without_selector_are_mirrored():
         "shop/orphan",
         "ep.yaml: document 2: Endpoints shop/web: not mirrored to EndpointSlices: Service shop/web has a selector "
         "(the EndpointSlice controller makes its slices from Pods)",
+        "ep.yaml: document 3: Service shop/web: selects no Pod and has no EndpointSlice in the input, so it has no "
+        "endpoints and its rules reject all traffic to it; to get its endpoints, include its Pods "
+        "(kubectl get pods -o yaml) or its EndpointSlices (kubectl get endpointslices -o yaml)",
     )
 
 

@@ -1,4 +1,4 @@
-"""The per-namespace lock (dataplane.nslock), on an ordinary file: the same flock a namespace's
+"""The per-namespace lock (dataplane.runtime.nslock), on an ordinary file: the same flock a namespace's
 bind mount gets (netns_tests/test_apply_safety.py takes it on real namespaces)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dataplane.errors import ApplyError
-from dataplane.nslock import held_fds, lock_holder, path_lock
+from dataplane.runtime.nslock import held_fds, lock_holder, path_lock
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def _holder(path: str, code: str) -> subprocess.Popen:
     """A Python child that takes the lock with path_lock, prints "locked", then runs ``code``."""
     script = textwrap.dedent(f"""\
         import subprocess, sys, time
-        from dataplane.nslock import held_fds, path_lock
+        from dataplane.runtime.nslock import held_fds, path_lock
         with path_lock({path!r}, timeout=5, what="test"):
             print("locked", flush=True)
         """) + textwrap.indent(textwrap.dedent(code), "    ")

@@ -1,4 +1,4 @@
-"""dataplane.ownership without a kernel: what cleanup decides is ours, the record file, the
+"""dataplane.runtime.ownership without a kernel: what cleanup decides is ours, the record file, the
 refusal of tables iptables cannot read, and the one-line refusal without root."""
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import subprocess
 
 import pytest
 
-from dataplane import apply as apply_mod
-from dataplane import cli, netns, ownership
+from dataplane.runtime import apply as apply_mod
+from dataplane import cli
+from dataplane.runtime import netns, ownership
 from dataplane.errors import ApplyError
-from dataplane.ownership import Record, plan_removal
+from dataplane.runtime.ownership import Record, plan_removal
 
 KP_JUMP_PRE = '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
 KP_JUMP_POST = '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING'

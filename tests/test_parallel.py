@@ -16,8 +16,8 @@ from dataplane import parallel
 from dataplane.compiler import compile_rules
 from dataplane.controllers.endpointslices import with_derived_slices
 from dataplane.errors import DataplaneError
-from dataplane.loader import Document, documents_from_text, load_documents
-from dataplane.parse import parse_cluster
+from dataplane.input.cluster import parse_cluster
+from dataplane.input.loader import Document, documents_from_text, load_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "cases"

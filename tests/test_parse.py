@@ -1,4 +1,4 @@
-"""Tests for dataplane.parse (validation into the model) and dataplane.ipaddrs."""
+"""Tests for dataplane.input (validation into the model) and dataplane.ipaddrs."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from dataplane import ipaddrs
 from dataplane.errors import InputError
-from dataplane.loader import Document, documents_from_text
+from dataplane.input.cluster import ParseResult, load_cluster, parse_cluster
+from dataplane.input.loader import Document, documents_from_text
+from dataplane.input.validation import (
+    dns1035_label_errors,
+    dns1123_label_errors,
+    dns1123_subdomain_errors,
+    label_value_errors,
+    port_name_errors,
+    qualified_name_errors,
+)
 from dataplane.model import (
     ContainerPort,
     Endpoint,
@@ -23,17 +32,6 @@ from dataplane.model import (
     NodeAddress,
     ProxyConfig,
     ServicePort,
-)
-from dataplane.parse import (
-    ParseResult,
-    dns1035_label_errors,
-    dns1123_label_errors,
-    dns1123_subdomain_errors,
-    label_value_errors,
-    load_cluster,
-    parse_cluster,
-    port_name_errors,
-    qualified_name_errors,
 )
 
 SRC = "svc.yaml"

@@ -17,7 +17,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.plan import ExternalStep, build_plan
+from dataplane.plan import LARGE_CLUSTER_ENDPOINTS, ExternalStep, LocalDetector, build_plan, large_cluster
 
 NODE = Node("node-a", (NodeAddress("InternalIP", "192.168.0.2"), NodeAddress("InternalIP", "fd00::2")),
             labels=(("topology.kubernetes.io/zone", "zone-a"),))
@@ -179,6 +179,73 @@ def test_nodeport_addresses_per_mode():
     assert v6.nodeports.match_all and not v6.nodeports.localhost
     assert ("net.ipv4.conf.all.route_localnet", "1") in iptables.sysctls
     assert ("net.ipv4.conf.all.route_localnet", "1") not in nft.sysctls
+
+
+def test_nodeport_loopback_exclusion_and_filter_scope_per_mode():
+    iptables = plan_of([svc()], mode="iptables").nodeports
+    assert iptables.excluded is None and iptables.filter_match_all  # localhost NodePorts: 127/8 takes them
+    assert iptables.accepts("192.168.0.2") and iptables.accepts("127.0.0.1")
+    no_localhost = plan_of([svc()], config=ProxyConfig(iptables_localhost_node_ports=False)).nodeports
+    assert no_localhost.excluded == "127.0.0.0/8"
+    assert no_localhost.accepts("192.168.0.2") and not no_localhost.accepts("127.0.0.1")
+    assert no_localhost.filters("127.0.0.1")  # KUBE-EXTERNAL-SERVICES matches every local address
+    v6 = plan_of([svc(cluster_ips=("fd00::41",))], family="ipv6", mode="iptables").nodeports
+    assert v6.excluded == "::1/128" and not v6.accepts("::1") and v6.accepts("fd00::2")
+    nft_all = plan_of([svc()], config=ProxyConfig(node_port_addresses=("0.0.0.0/0",)), mode="nftables").nodeports
+    assert nft_all.match_all and nft_all.excluded == "127.0.0.0/8" and not nft_all.filter_match_all
+    nft = plan_of([svc()], mode="nftables").nodeports  # primary: the node's InternalIP only
+    assert nft.accepts("192.168.0.2") and not nft.accepts("192.168.0.9")
+    assert not nft.filters("192.168.0.9")  # the no-endpoint verdicts sit behind the NodePort match
+    cidr = plan_of([svc()], config=ProxyConfig(node_port_addresses=("192.168.0.0/16",))).nodeports
+    assert not cidr.accepts("192.168.0.9") and cidr.filters("192.168.0.9")
+
+
+@pytest.mark.parametrize("detector, src, iface, local", [
+    (LocalDetector("cidr", "10.0.0.0/8"), "10.1.2.3", "", True),
+    (LocalDetector("cidr", "10.0.0.0/8"), "192.168.0.1", "veth1", False),
+    (LocalDetector("cidr", "10.0.0.0/8"), "fd00::1", "", False),
+    (LocalDetector("interface-prefix", "veth"), "192.168.0.1", "veth12", True),
+    (LocalDetector("interface-prefix", "veth"), "10.1.2.3", "", False),
+    (LocalDetector("interface-prefix", "veth"), "10.1.2.3", "eth0", False),
+    (LocalDetector("bridge", "cbr0"), "10.1.2.3", "cbr0", True),
+    (LocalDetector("bridge", "cbr0"), "10.1.2.3", "cbr01", False),
+    (LocalDetector("none"), "10.1.2.3", "veth1", False),
+])
+def test_local_detector_matches(detector, src, iface, local):
+    assert detector.matches(src, iface) is local
+
+
+def test_cluster_ip_masquerade_per_source():
+    plan = plan_of([svc()], [slice_(ep("10.1.0.1"))])  # ClusterCIDR 10.0.0.0/8: off-cluster sources
+    assert not plan.cluster_ip_masquerades("10.1.0.9") and plan.cluster_ip_masquerades("192.168.0.2")
+    bridge = plan_of([svc()], config=ProxyConfig(detect_local_mode="BridgeInterface", bridge_interface="cbr0"))
+    assert not bridge.cluster_ip_masquerades("10.1.0.9", "cbr0") and bridge.cluster_ip_masquerades("10.1.0.9")
+    assert plan_of([svc()], config=ProxyConfig(iptables_masquerade_all=True)).cluster_ip_masquerades("10.1.0.9")
+    assert not plan_of([svc()], config=ProxyConfig()).cluster_ip_masquerades("192.168.0.2")
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_hairpin_traffic_is_masqueraded(mode):
+    p = only(plan_of([svc()], [slice_(ep("10.1.0.1"), ep("10.1.0.2"))], mode=mode))
+    assert p.hairpin_masquerade
+    first, second = p.cluster_endpoints
+    assert p.hairpin(first, "10.1.0.1") and not p.hairpin(second, "10.1.0.1")
+
+
+def test_firewall_admits_source_ranges_and_node_lb_ips():
+    lb = svc(type="LoadBalancer", node_port=30001, load_balancer_ingress=(LoadBalancerIngress(ip="5.6.7.8"),),
+             load_balancer_source_ranges=("192.168.0.0/16",))
+    p = only(plan_of([lb], [slice_(ep("10.1.0.1"))]))
+    # a range holds the node's IP: the LB IPs are allowed sources too
+    assert p.firewall_admits("192.168.3.4") and p.firewall_admits("5.6.7.8")
+    assert not p.firewall_admits("203.0.113.9") and not p.firewall_admits("fd00::9")
+    open_ = only(plan_of([svc(type="LoadBalancer", load_balancer_ingress=(LoadBalancerIngress(ip="5.6.7.8"),))],
+                         [slice_(ep("10.1.0.1"))]))
+    assert not open_.firewall and open_.firewall_admits("203.0.113.9")
+
+
+def test_large_cluster_threshold():
+    assert not large_cluster(LARGE_CLUSTER_ENDPOINTS) and large_cluster(LARGE_CLUSTER_ENDPOINTS + 1)
 
 
 def test_families_are_planned_separately():

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from dataplane.conntrack import ConntrackDelete
+from dataplane.runtime.conntrack import ConntrackDelete
 from dataplane.errors import DataplaneError
 from dataplane.model import (
     Cluster,
@@ -19,7 +19,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.proxier import Proxier, RecordingRunner
+from dataplane.runtime.proxier import Proxier, RecordingRunner
 
 NODE = Node("n1", (NodeAddress("InternalIP", "192.0.2.1"),))
 CONFIG = ProxyConfig(cluster_cidrs=("10.244.0.0/16",))

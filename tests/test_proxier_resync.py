@@ -15,7 +15,7 @@ from dataplane.model import (
     Service,
     ServicePort,
 )
-from dataplane.proxier import FULL_SYNC_PERIOD, Proxier, RecordingRunner
+from dataplane.runtime.proxier import FULL_SYNC_PERIOD, Proxier, RecordingRunner
 
 NODE = Node("n1", (NodeAddress("InternalIP", "192.0.2.1"),))
 MODES = ("iptables", "nftables")

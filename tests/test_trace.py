@@ -19,7 +19,7 @@ import pytest
 from dataplane.backends.nftables import CASCADE_MAX
 from dataplane.compiler import compile_rules
 from dataplane.controllers.endpointslices import with_derived_slices
-from dataplane.parse import load_cluster
+from dataplane.input.cluster import load_cluster
 from dataplane.plan import NodePlan, ServicePortPlan
 from dataplane.trace import Packet, TraceError, TraceResult, trace
 from dataplane.trace.cli import main as trace_main
@@ -199,13 +199,13 @@ def endpoints(result: TraceResult) -> dict[str, float]:
 
 
 def assert_dnat(result: TraceResult, expected: dict[str, float], masquerade: bool) -> None:
-    assert result.verdict == "dnat", "\n".join(result.path)
-    assert endpoints(result) == pytest.approx(expected, abs=1e-6), "\n".join(result.path)
-    assert result.masquerade is masquerade, "\n".join(result.path)
+    assert result.verdict == "dnat", "\n".join(result.path_lines())
+    assert endpoints(result) == pytest.approx(expected, abs=1e-6), "\n".join(result.path_lines())
+    assert result.masquerade is masquerade, "\n".join(result.path_lines())
 
 
 def assert_verdict(result: TraceResult, verdict: str) -> None:
-    assert result.verdict == verdict, "\n".join(result.path)
+    assert result.verdict == verdict, "\n".join(result.path_lines())
     assert result.endpoints == () and result.masquerade is False
 
 
@@ -226,11 +226,11 @@ class TestFlows:
     def test_cluster_ip_from_the_node_is_masqueraded(self, backend: str) -> None:
         result = run("features", backend, "192.0.2.11", "10.96.2.1", 443)
         assert_dnat(result, LB_EPS, masquerade=True)
-        assert "hook output" in result.path and "hook prerouting" not in result.path
+        assert "hook output" in result.path_lines() and "hook prerouting" not in result.path_lines()
 
     def test_from_node_flag_takes_the_output_path(self, backend: str) -> None:
         result = run("nodeport", backend, "10.9.9.9", "10.96.1.80", 80, from_node=True)
-        assert "hook output" in result.path
+        assert "hook output" in result.path_lines()
         assert_dnat(result, WEB_EPS, masquerade=True)
 
     def test_nodeport_from_outside(self, backend: str) -> None:
@@ -303,8 +303,8 @@ class TestFlows:
         result = run("clusterip", backend, "10.244.1.2", "10.96.0.20", 80)
         assert_dnat(result, {"10.244.1.2:8080": 1 / 3, "10.244.1.3:8080": 1 / 3, "10.244.2.2:8080": 1 / 3},
                     masquerade=True)
-        assert "  p=0.3333: DNAT to 10.244.1.2:8080, masquerade" in result.path
-        assert "  p=0.3333: DNAT to 10.244.1.3:8080" in result.path
+        assert "  p=0.3333: DNAT to 10.244.1.2:8080, masquerade" in result.path_lines()
+        assert "  p=0.3333: DNAT to 10.244.1.3:8080" in result.path_lines()
 
     @pytest.mark.parametrize("proto,port,target", [("udp", 53, 5353), ("sctp", 3868, 3868), ("tcp", 80, 8080)])
     def test_protocols(self, backend: str, proto: str, port: int, target: int) -> None:
@@ -321,7 +321,7 @@ class TestFlows:
 
     def test_session_affinity_is_reported_and_missed(self, backend: str) -> None:
         result = run("features", backend, "10.244.3.5", "10.96.2.1", 443)
-        notes = [line for line in result.path if "affinity: a returning client may stick to" in line]
+        notes = [line for line in result.path_lines() if "affinity: a returning client may stick to" in line]
         assert len(notes) == 2 and "(10.244.1.20:8443)" in notes[0] and "(10.244.2.20:8443)" in notes[1]
 
     def test_local_traffic_detector_by_interface(self, backend: str, inline_dir: Path) -> None:
@@ -411,7 +411,7 @@ def _external_destinations(p: ServicePortPlan, plan: NodePlan) -> list[tuple[str
 
 
 def _check(result: TraceResult, verdict: str, eps: dict[str, float], masq: bool, what: str) -> None:
-    where = f"{what}\n" + "\n".join(result.path)
+    where = f"{what}\n" + "\n".join(result.path_lines())
     assert result.verdict == verdict, where
     assert endpoints(result) == pytest.approx(eps, abs=1e-6), where
     assert result.masquerade is masq, where
@@ -571,7 +571,7 @@ def test_nft_command_form_intervals_ranges_and_marks() -> None:
     result = trace(NFT_COMMANDS, "nftables", Packet("8.8.8.8", "10.96.0.9", 85), local_ips=[])
     # 3/4 of the flows are marked and dropped in forward; 1/4 reach 10.244.0.2:85
     assert result.verdict == "dnat" and endpoints(result) == pytest.approx({"10.244.0.2:85": 0.25})
-    assert any("branches end differently" in line for line in result.path)
+    assert any("branches end differently" in line for line in result.path_lines())
     miss = trace(NFT_COMMANDS, "nftables", Packet("8.8.8.8", "10.96.0.9", 90), local_ips=[])
     assert miss.verdict == "none"
 

@@ -18,11 +18,10 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 from .. import ruletext
 from ..naming import iptables_endpoint_chains, iptables_service_hashes
-from ..plan import LocalDetector, NodePlan, PlanEndpoint, ServicePortPlan
+from ..plan import LocalDetector, NodePlan, NodePortDestinations, PlanEndpoint, ServicePortPlan, large_cluster
 from ._jinja import template
 
 MARK_MASQ = "KUBE-MARK-MASQ"
-LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
 
 # Jumps from built-in chains, in kube-proxy's order (each is inserted at the
 # top of its chain, as kube-proxy's EnsureRule(Prepend) does).
@@ -146,6 +145,7 @@ class ServiceView:
     comments: Comments
     internal_filter_target: str  # "REJECT --reject-with …" / "DROP" / ""
     external_filter_target: str
+    nodeport_filter: tuple[tuple[str, str], ...]  # see NodeView
     ep_comment: str  # comment of the endpoint chains' rules ("" in large clusters)
 
 
@@ -269,6 +269,19 @@ class NodeView:
     masquerade: Optional[str]  # source match of ClusterIP masquerade rules ("" = all), or None
     reject_with: str
     affinity_mask: str
+    # (address options, matches) of each KUBE-EXTERNAL-SERVICES rule of a NodePort without endpoints
+    nodeport_filter: tuple[tuple[str, str], ...]
+
+
+_LOCAL_DST = "-m addrtype --dst-type LOCAL "
+
+
+def _nodeport_matches(nodeports: NodePortDestinations) -> tuple[tuple[str, str], ...]:
+    """(address options, matches) of one rule per destination that accepts NodePorts."""
+    if nodeports.match_all:
+        excluded = nodeports.excluded
+        return ((f"! -d {ruletext.address(excluded, 'NodePort exclusion')} " if excluded else "", _LOCAL_DST),)
+    return tuple([(f"-d {_host(ruletext.address(ip, 'NodePort address'))} ", "") for ip in nodeports.ips])
 
 
 def _node_view(plan: NodePlan, large: bool) -> NodeView:
@@ -278,9 +291,12 @@ def _node_view(plan: NodePlan, large: bool) -> NodeView:
         masq = ""
     elif plan.cluster_ip_masquerade == "non-local":
         masq = _detector_match(plan.local_detector, local=False)
+    nodeports = plan.nodeports
+    nodeport_filter = (("", _LOCAL_DST),) if nodeports.filter_match_all else _nodeport_matches(nodeports)
     if plan.family == "ipv6":
-        return NodeView(plan, large, masq, "icmp6-port-unreachable", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
-    return NodeView(plan, large, masq, "icmp-port-unreachable", "255.255.255.255")
+        return NodeView(plan, large, masq, "icmp6-port-unreachable", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                        nodeport_filter)
+    return NodeView(plan, large, masq, "icmp-port-unreachable", "255.255.255.255", nodeport_filter)
 
 
 def _member_views(members: tuple[PlanEndpoint, ...], names: Names) -> tuple[EndpointView, ...]:
@@ -343,6 +359,7 @@ def _service_view(p: ServicePortPlan, names: Names, node: NodeView) -> ServiceVi
         comments=Comments(p, spn, fw_chain),
         internal_filter_target=_filter_target(p.internal_filter, node.reject_with),
         external_filter_target=_filter_target(p.external_filter, node.reject_with),
+        nodeport_filter=node.nodeport_filter,
         ep_comment="" if node.large else _comment(spn),
     )
 
@@ -374,7 +391,7 @@ class ServiceFragment:
 
 
 def _context(plan: NodePlan, large: bool) -> tuple:
-    return (plan.family, plan.local_detector, plan.cluster_ip_masquerade, large)
+    return (plan.family, plan.local_detector, plan.cluster_ip_masquerade, plan.nodeports, large)
 
 
 class Renderer:
@@ -421,14 +438,9 @@ class Renderer:
 
 
 def is_large_cluster(plan: NodePlan) -> bool:
-    """kube-proxy drops per-endpoint comments above this many endpoints."""
+    """Whether ``plan`` is a large cluster (see :func:`dataplane.plan.large_cluster`): its
+    endpoint chains then carry no comments."""
     return large_cluster(sum(len(p.endpoints) for p in plan.services))
-
-
-def large_cluster(endpoint_count: int) -> bool:
-    """:func:`is_large_cluster`, given the number of endpoints of all service ports of the plan
-    (kube-proxy's large-cluster mode: more than LARGE_CLUSTER_ENDPOINTS)."""
-    return endpoint_count > LARGE_CLUSTER_ENDPOINTS
 
 
 def render_file(plan: NodePlan, frags: Sequence[ServiceFragment], own: Sequence[ServiceFragment],
@@ -452,18 +464,6 @@ def _render_file(plan: NodePlan, sections: dict[str, str], own_chains: list[str]
     if localhost_firewall:
         filter_jumps += [Jump(*j) for j in _FIREWALL_JUMPS]
     filter_chains = sorted(FILTER_CHAINS + (("KUBE-FIREWALL",) if localhost_firewall else ()))
-    # (address options, matches) of the final KUBE-SERVICES -> KUBE-NODEPORTS rule(s)
-    if plan.nodeports.match_all:
-        if plan.family == "ipv6":
-            exclude = "! -d ::1/128 "
-        elif not plan.nodeports.localhost:
-            exclude = "! -d 127.0.0.0/8 "
-        else:
-            exclude = ""
-        nodeport_rules = [(exclude, "-m addrtype --dst-type LOCAL ")]
-    else:
-        nodeport_rules = [(f"-d {_host(ruletext.address(ip, 'NodePort address'))} ", "")
-                          for ip in plan.nodeports.ips]
     return template("iptables.j2").render(
         plan=plan,
         sections=sections,
@@ -474,7 +474,7 @@ def _render_file(plan: NodePlan, sections: dict[str, str], own_chains: list[str]
         nat_chains=list(NAT_CHAINS),
         filter_jumps=filter_jumps if jumps else [],
         nat_jumps=[Jump(*j) for j in _NAT_JUMPS] if jumps else [],
-        nodeport_rules=nodeport_rules,
+        nodeport_rules=_nodeport_matches(plan.nodeports),  # the final KUBE-SERVICES -> KUBE-NODEPORTS rule(s)
         mark=ruletext.mark(plan.masquerade_mark),
         q=quote,
     )

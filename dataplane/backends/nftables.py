@@ -327,6 +327,12 @@ def render_full(plan: NodePlan, frags: Sequence[ServiceFragment]) -> str:
     return _render_table(plan, elements, [f.text for f in frags])
 
 
+def _nft_prefix(cidr: str) -> str:
+    """A CIDR as nft lists it: a prefix of one address is that address."""
+    address, _, length = cidr.partition("/")
+    return address if length == ("128" if ":" in address else "32") else cidr
+
+
 def _render_table(plan: NodePlan, elements: Iterable[Iterable[ElementView]], own: Sequence[str]) -> str:
     """The whole table: the map and set ``elements`` of each service port (in plan order), and
     ``own``, the sets and chains of each, already rendered."""
@@ -340,12 +346,15 @@ def _render_table(plan: NodePlan, elements: Iterable[Iterable[ElementView]], own
             by_map[e[0]].setdefault(e[1], e)  # a frontend two Services claim: the first keeps it
     # every ClusterIP is of the plan's family: sorted by its packed bytes, numerically
     ip_key = functools.partial(inet_pton, AF_INET6 if plan.family == "ipv6" else AF_INET)
-    if plan.nodeports.match_all:
-        loopback = "::1" if plan.family == "ipv6" else "127.0.0.0/8"
-        nodeport_match = f"fib daddr type local {addr} daddr != {loopback}"
+    nodeports = plan.nodeports
+    if nodeports.match_all:
+        nodeport_match = "fib daddr type local"
+        if nodeports.excluded:
+            excluded = _nft_prefix(ruletext.address(nodeports.excluded, "NodePort exclusion"))
+            nodeport_match += f" {addr} daddr != {excluded}"
     else:
         nodeport_match = f"{addr} daddr @nodeport-ips"
-        for ip in plan.nodeports.ips:  # the template writes them into the set nodeport-ips
+        for ip in nodeports.ips:  # the template writes them into the set nodeport-ips
             ruletext.address(ip, "NodePort address")
     return template("nftables.j2").render(
         plan=plan,
@@ -357,6 +366,8 @@ def _render_table(plan: NodePlan, elements: Iterable[Iterable[ElementView]], own
         maps={m: list(by_map[m].values()) for m in MAPS},
         own=own,
         nodeport_match=nodeport_match,
+        nodeport_filter_match="fib daddr type local" if nodeports.filter_match_all else nodeport_match,
+        service_cidrs=[ruletext.address(c, "service CIDR") for c in plan.service_cidrs],
         mark="0x%08x" % int(plan.masquerade_mark, 16),
     )
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import InputError, Problem, UsageError
+from ..input.loader import Document
 from ..ipaddrs import IPNetwork, ip_family, parse_cidr, parse_ip
-from ..loader import Document
 from ..model import Cluster, ObjectRef, Service
-from .ipallocator import IPAllocator
-from .portallocator import AllocatorError, PortAllocator, PortRange
+from .ipallocator import MetaAllocator
+from .portallocator import AllocatorError, NotInRangeError, PortAllocator, PortRange
 
 DEFAULT_SERVICE_CIDRS: tuple[str, ...] = ("10.96.0.0/12",)
 DEFAULT_NODE_PORT_RANGE = "30000-32767"
@@ -341,7 +341,7 @@ class _Plan:
         """Record a problem about this Service; it then gets no dynamic allocation."""
         ref = self.svc.ref
         display = ref.display if ref.name else f"{self.svc.namespace}/{self.svc.name}"
-        self.problems.append(Problem(ref.source, ref.index, f"Service {display}", field_path, message))
+        self.problems.append(Problem(ref.source, ref.index, f"Service {display}", field_path, message, ref.unit))
         self.failed = True
 
 
@@ -525,7 +525,8 @@ def _plan_service(svc: Service, held: Optional[HeldValues], configured: Sequence
 @dataclass
 class _Pools:
     ports: PortAllocator
-    ips: dict[str, IPAllocator]
+    ips: dict[str, MetaAllocator]
+    hint: str = ""  # added to "not in the valid range" errors: where else the range could come from
 
 
 def _register(plan: _Plan, pools: _Pools, *, held: bool) -> None:
@@ -538,9 +539,10 @@ def _register(plan: _Plan, pools: _Pools, *, held: bool) -> None:
             pools.ips[req.family or ""].allocate(str(req.value))
             req.result = req.value
         except AllocatorError as err:
+            hint = pools.hint if isinstance(err, NotInRangeError) else ""
             plan.problem(
                 "spec.clusterIPs",
-                f"Invalid value: {_go_strings(svc_ips)}: failed to allocate IP {req.value}: {err}",
+                f"Invalid value: {_go_strings(svc_ips)}: failed to allocate IP {req.value}: {err}{hint}",
             )
     for req in plan.port_requests:
         if req.value is None or req.held != held:
@@ -657,28 +659,64 @@ def _held_of(svc: Service, alloc: ServiceAllocation) -> HeldValues:
 # ----------------------------------------------------------------------- main
 
 
+_DEFAULT_RANGE_HINT = (
+    " (the range is the default 10.96.0.0/12: give the cluster's range with --service-cluster-ip-range, "
+    "or include its ServiceCIDR objects (kubectl get servicecidrs -o yaml) or kubeadm ClusterConfiguration)"
+)
+
+
+def cluster_service_ranges(cluster: Cluster) -> tuple[tuple[IPNetwork, ...], tuple[bool, ...], str]:
+    """The ClusterIP ranges of ``cluster`` when no ``--service-cluster-ip-range`` is given: the
+    union of its ServiceCIDRs' ``spec.cidrs`` (``kubernetes``, the default one, first: its first
+    family is the primary one), else kubeadm's ``networking.serviceSubnet``, else 10.96.0.0/12.
+    Returns (networks, whether each is ready for new ClusterIPs, a hint for range errors)."""
+    if cluster.service_cidrs:
+        ordered = sorted(cluster.service_cidrs, key=lambda s: (s.name != "kubernetes", s.name))
+        seen: dict[str, bool] = {}  # CIDR -> ready (an owning ServiceCIDR is ready)
+        for sc in ordered:
+            for cidr in sc.cidrs:
+                key = str(parse_cidr(cidr))
+                seen[key] = seen.get(key, False) or sc.ready
+        return tuple(parse_cidr(c) for c in seen), tuple(seen.values()), ""
+    if cluster.service_subnet:
+        return parse_service_cidrs(cluster.service_subnet), (True,) * len(cluster.service_subnet), ""
+    return parse_service_cidrs(DEFAULT_SERVICE_CIDRS), (True,), _DEFAULT_RANGE_HINT
+
+
 def allocate_cluster(
     cluster: Cluster,
     *,
-    service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
+    service_cidrs: Optional[Sequence[str] | str] = None,
     node_port_range: str = DEFAULT_NODE_PORT_RANGE,
     state: Optional[AllocationState] = None,
     seed: Optional[int] = None,
 ) -> AllocationResult:
     """Assign ClusterIPs, nodePorts and healthCheckNodePorts as the API server would on create.
 
-    Raise UsageError for invalid ranges or a state made for other ranges, and
-    InputError listing every Service whose values cannot be honoured or
+    ``service_cidrs`` (``--service-cluster-ip-range``: one CIDR per family) defaults to the
+    cluster's own ranges (:func:`cluster_service_ranges`: its ServiceCIDRs, else kubeadm's
+    serviceSubnet, else 10.96.0.0/12). Raise UsageError for invalid ranges or a state made for
+    other ranges, and InputError listing every Service whose values cannot be honoured or
     allocated (in input order). ``seed`` makes dynamic allocation reproducible.
     """
     port_range = parse_node_port_range(node_port_range)
-    networks = parse_service_cidrs(service_cidrs)
+    if service_cidrs is None:
+        networks, ready, hint = cluster_service_ranges(cluster)
+    else:
+        networks = parse_service_cidrs(service_cidrs)
+        ready, hint = (True,) * len(networks), ""
     if state is not None:
         state.check_ranges(port_range, networks)
     rng = random.Random(seed)
+    by_family: dict[str, tuple[list[IPNetwork], list[bool]]] = {}
+    for network, is_ready in zip(networks, ready):
+        nets, flags = by_family.setdefault("IPv4" if network.version == 4 else "IPv6", ([], []))
+        nets.append(network)
+        flags.append(is_ready)
     pools = _Pools(
         ports=PortAllocator(port_range, rng=rng),
-        ips={("IPv4" if n.version == 4 else "IPv6"): IPAllocator(n, rng=rng) for n in networks},
+        ips={family: MetaAllocator(nets, flags, rng=rng) for family, (nets, flags) in by_family.items()},
+        hint=hint,
     )
     configured = tuple(pools.ips)
     holdings = state.services if state is not None else {}

@@ -15,11 +15,18 @@ the controller would create from scratch:
 * ``nodeName``, the zone from the Node's ``topology.kubernetes.io/zone``
   label, the hostname when the Pod's ``subdomain`` is the Service's name, and a
   Pod ``targetRef``;
-* ports named and typed like the Service ports, the number being the
-  ``targetPort`` resolved for each Pod (a named port is looked up among the
-  Pod's container ports of the same protocol; a Pod without it gets no entry
-  for that port), Pods grouped by their resolved port list, at most 100
-  endpoints per slice;
+* topology hints from ``spec.trafficDistribution`` (the controller's
+  ``trafficdist`` heuristic): with PreferClose or PreferSameZone each ready
+  endpoint whose Pod's Node has a zone gets ``forZones: [its zone]``, with
+  PreferSameNode also ``forNodes: [its nodeName]``; unset, other values and
+  endpoints that are not ready get no hints;
+* ports named, typed and ``appProtocol``-tagged like the Service ports, the
+  number being the ``targetPort`` resolved for each Pod (a named port is
+  looked up among the Pod's regular containers' ports, then its native
+  sidecars' (``initContainers`` with ``restartPolicy: Always``), name and
+  protocol matching, first match winning; a Pod without it gets no entry for
+  that port), Pods grouped by their resolved port list, at most 100 endpoints
+  per slice;
 * a placeholder slice without ports or endpoints when a family has no
   endpoints at all.
 
@@ -30,6 +37,14 @@ are kept (the controller skips them until their Node appears), since an input
 usually describes only some Nodes; and a Service without any clusterIP is not
 labelled headless (only ``clusterIP: None`` is), since such a Service has merely
 not been allocated yet.
+
+Not modelled: Topology Aware Routing. When the annotation
+``service.kubernetes.io/topology-aware-hints`` (or ``topology-mode``) is ``Auto``
+the live controller ignores trafficDistribution and hints endpoints in
+proportion to each zone's allocatable CPU, or removes all hints when that
+heuristic cannot apply; the derived slices of such a Service carry no hints,
+the outcome when the heuristic does not apply (every node then uses every
+endpoint).
 """
 from __future__ import annotations
 
@@ -107,13 +122,17 @@ def address_families(svc: Service) -> tuple[str, ...]:
 
 
 def resolve_target_port(svc_port: ServicePort, pod: Pod) -> Optional[int]:
-    """The Pod port a Service port leads to, or None if a named targetPort is not on the Pod."""
+    """The Pod port a Service port leads to, or None if a named targetPort is not on the Pod.
+
+    A name is looked up (name and protocol matching, first match winning) among the regular
+    containers' ports, then the native sidecars' (``FindPort``, 1.33's EndpointSlice controller).
+    """
     target = svc_port.target_port
     if target is None or target == 0 or target == "":
         return svc_port.port
     if isinstance(target, int):
         return target
-    for container_port in pod.container_ports:
+    for container_port in pod.container_ports + pod.sidecar_ports:
         if container_port.name == target and container_port.protocol == svc_port.protocol:
             return container_port.container_port
     return None
@@ -125,7 +144,8 @@ def endpoint_ports(svc: Service, pod: Pod) -> PortList:
     for svc_port in svc.ports:
         number = resolve_target_port(svc_port, pod)
         if number is not None:
-            ports.append(EndpointPort(port=number, protocol=svc_port.protocol, name=svc_port.name))
+            ports.append(EndpointPort(port=number, protocol=svc_port.protocol, name=svc_port.name,
+                                      app_protocol=svc_port.app_protocol))
     return tuple(ports)
 
 
@@ -141,14 +161,38 @@ def pod_endpoint(pod: Pod, svc: Service, family: str, node: Optional[Node]) -> O
     terminating = pod.terminating
     ready = svc.publish_not_ready_addresses or (serving and not terminating)
     hostname = pod.hostname if pod.hostname and pod.subdomain == svc.name else None
+    node_name = pod.node_name or None
+    zone = (node.zone or None) if node is not None else None
+    for_zones, for_nodes = topology_hints(svc, ready, zone, node_name)
     return Endpoint(
         addresses=addresses,
         conditions=EndpointConditions(ready=ready, serving=serving, terminating=terminating),
-        node_name=pod.node_name or None,
-        zone=(node.zone or None) if node is not None else None,
+        node_name=node_name,
+        zone=zone,
+        hints_for_zones=for_zones,
+        hints_for_nodes=for_nodes,
         hostname=hostname,
         target_ref_name=pod.name,
     )
+
+
+def topology_hints(
+    svc: Service, ready: bool, zone: Optional[str], node_name: Optional[str]
+) -> tuple[Optional[tuple[str, ...]], Optional[tuple[str, ...]]]:
+    """``(forZones, forNodes)`` names for one endpoint of ``svc`` (None: no such hints).
+
+    The controller's ``trafficdist`` heuristics: PreferClose (a deprecated alias) and
+    PreferSameZone hint a ready endpoint for its own zone, PreferSameNode also for its own
+    node; an endpoint without a zone (node name) gets no zone (node) hint. Any other value,
+    no value, and Topology Aware Routing (the Auto annotation) give no hints.
+    """
+    if svc.topology_mode_auto or not ready:
+        return None, None
+    if svc.traffic_distribution in ("PreferClose", "PreferSameZone"):
+        return ((zone,) if zone else None), None
+    if svc.traffic_distribution == "PreferSameNode":
+        return ((zone,) if zone else None), ((node_name,) if node_name else None)
+    return None, None
 
 
 def _family_or_none(ip: str) -> Optional[str]:
@@ -280,6 +324,22 @@ def derive_endpoint_slices(cluster: Cluster) -> tuple[EndpointSlice, ...]:
     return tuple(out)
 
 
+def topology_auto_warnings(services: Iterable[Service], slices: Iterable[EndpointSlice]) -> list[str]:
+    """A warning for each Service whose slices are derived here while its Topology Aware Routing
+    annotation is ``Auto``: that heuristic is not modelled, so its derived slices carry no hints."""
+    covered = {(s.namespace, s.service_name) for s in slices if s.service_name}
+    warnings = []
+    for svc in services:
+        if svc.topology_mode_auto and wants_slices(svc) and svc.key not in covered:
+            covered.add(svc.key)
+            warnings.append(
+                f"{svc.ref.where()}: Topology Aware Routing (annotation topology-mode or topology-aware-hints "
+                "'Auto') is not simulated: the EndpointSlices derived from its Pods carry no hints, so every "
+                "node uses every endpoint; include its EndpointSlices to use the hints the cluster wrote"
+            )
+    return warnings
+
+
 def with_derived_slices(cluster: Cluster) -> Cluster:
     """``cluster`` with :func:`derive_endpoint_slices` appended to its EndpointSlices."""
     derived = derive_endpoint_slices(cluster)
@@ -309,8 +369,13 @@ def _endpoint_json(endpoint: Endpoint, namespace: str) -> dict[str, Any]:
         out["nodeName"] = endpoint.node_name
     if endpoint.zone is not None:
         out["zone"] = endpoint.zone
+    hints: dict[str, Any] = {}
     if endpoint.hints_for_zones is not None:
-        out["hints"] = {"forZones": [{"name": zone} for zone in endpoint.hints_for_zones]}
+        hints["forZones"] = [{"name": zone} for zone in endpoint.hints_for_zones]
+    if endpoint.hints_for_nodes is not None:
+        hints["forNodes"] = [{"name": node} for node in endpoint.hints_for_nodes]
+    if hints:
+        out["hints"] = hints
     return out
 
 
@@ -318,6 +383,8 @@ def _port_json(port: EndpointPort) -> dict[str, Any]:
     out: dict[str, Any] = {"name": port.name, "protocol": port.protocol}
     if port.port is not None:
         out["port"] = port.port
+    if port.app_protocol is not None:
+        out["appProtocol"] = port.app_protocol
     return out
 
 

@@ -151,3 +151,52 @@ def _display(ip: str) -> str:
         return str(parse_ip(ip))
     except ValueError:
         return ip
+
+
+class MetaAllocator:
+    """ClusterIPs of one family from several service CIDRs (the API server's ``MetaAllocator``
+    over ServiceCIDR objects): one :class:`IPAllocator` per CIDR.
+
+    A given IP is reserved in every CIDR holding it (CIDRs may overlap); a dynamic one comes
+    from the ready CIDRs, tried in a random (seeded) order, moving on when one is full.
+    """
+
+    def __init__(self, cidrs: list[IPNetwork], ready: Optional[list[bool]] = None, *,
+                 rng: Optional[random.Random] = None) -> None:
+        self._rng = make_rng(rng, None)
+        self.allocators = [IPAllocator(cidr, rng=self._rng) for cidr in cidrs]
+        self._ready = list(ready) if ready is not None else [True] * len(cidrs)
+
+    def _holding(self, ip: str) -> list[IPAllocator]:
+        address = parse_ip(ip)
+        return [a for a in self.allocators if address.version == a.cidr.version and address in a.cidr]
+
+    def allocate(self, ip: str) -> None:
+        """Reserve ``ip``; NotInRangeError or AlreadyAllocatedError if that is impossible."""
+        holding = self._holding(ip)
+        if not holding:
+            ranges = ", ".join(str(a.cidr) for a in self.allocators)
+            raise NotInRangeError(
+                f"the provided IP ({_display(ip)}) is not in the valid range. The range of valid IPs is {ranges}"
+            )
+        if any(a.has(ip) for a in holding):
+            raise AlreadyAllocatedError("provided IP is already allocated")
+        for allocator in holding:
+            allocator.allocate(ip)  # NotInRangeError for a network or broadcast address
+
+    def allocate_next(self) -> str:
+        """Reserve and return a free address of a ready CIDR; RangeFullError when none is left."""
+        order = [a for a, ready in zip(self.allocators, self._ready) if ready]
+        self._rng.shuffle(order)
+        for allocator in order:
+            while True:
+                try:
+                    ip = allocator.allocate_next()
+                except RangeFullError:
+                    break
+                others = [a for a in self._holding(ip) if a is not allocator]
+                if not any(a.has(ip) for a in others):  # taken through an overlapping CIDR: next one
+                    for other in others:
+                        other.allocate(ip)
+                    return ip
+        raise RangeFullError()

@@ -10,16 +10,19 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ..backends import backend_names
 from ..errors import DataplaneError, InputError, UsageError
 from ..plan import family_of
 from . import Packet, TraceResult, trace
 
 EXAMPLES = """examples:
-  dataplane trace -f examples/cluster.yaml --node node-a --src 10.244.2.7 --dst 10.96.0.10 --dport 53 --proto udp
-  dataplane trace -f cluster.yaml --node node-a --backend nftables --src 203.0.113.9 --dst 192.0.2.11 --dport 30080
-  dataplane trace -f cluster.yaml --node node-a --src 192.0.2.11 --dst 10.96.1.80 --dport 80 --json
-  dataplane trace --rules rules.nft --backend nftables --node-ip 192.0.2.11 --src 10.244.1.5 --dst 10.96.1.80 --dport 80
-  iptables-save | dataplane trace --rules - --backend iptables --node-ip 192.0.2.11 --src 8.8.8.8 --dst 192.0.2.11 --dport 30080
+  dataplane allocate --seed 1 -f examples/cluster.yaml -o allocated.yaml     # kube-dns 10.98.39.92, shop/web 10.109.144.23 nodePort 30344
+  dataplane trace -f allocated.yaml --node node-a --src 10.244.2.7 --dst 10.98.39.92 --dport 53 --proto udp
+  dataplane trace -f allocated.yaml --node node-a --backend nftables --src 203.0.113.9 --dst 192.0.2.1 --dport 30344
+  dataplane trace -f allocated.yaml --node node-a --src 192.0.2.1 --dst 10.109.144.23 --dport 80 --json
+  dataplane compile -f allocated.yaml --node node-a --backend nftables -o rules.nft
+  dataplane trace --rules rules.nft --backend nftables --node-ip 192.0.2.1 --src 10.244.1.5 --dst 10.109.144.23 --dport 80
+  iptables-save | dataplane trace --rules - --backend iptables --node-ip 192.0.2.1 --src 8.8.8.8 --dst 192.0.2.1 --dport 30344
 
 The packet is the first one of a new connection. It is sent by the node itself when --src is one of
 the node's addresses (or loopback) or with --from-node; otherwise it arrives from another host (or a
@@ -30,7 +33,7 @@ or untouched, and whether it is masqueraded."""
 
 def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register the ``trace`` subcommand on the main parser's subparsers."""
-    from ..cli import _add_external_ip_cidrs
+    from ..cli_common import add_external_ip_cidrs
 
     p = sub.add_parser(
         "trace", help="follow one packet through a node's rules (no root needed)",
@@ -44,11 +47,11 @@ def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> a
     source.add_argument("--rules", metavar="FILE",
                         help="trace an existing rules file instead ('-' reads stdin); needs --backend")
     p.add_argument("--node", help="name of the Node object whose rules to build (with -f)")
-    p.add_argument("--backend", choices=("iptables", "nftables"),
+    p.add_argument("--backend", choices=backend_names(),
                    help="rule backend (with -f default: the KubeProxyConfiguration's mode, else iptables)")
     p.add_argument("--ip-family", choices=("ipv4", "ipv6"),
                    help="IP family of the rules (default: the family of --dst)")
-    _add_external_ip_cidrs(p)
+    add_external_ip_cidrs(p)
     p.add_argument("--node-ip", action="append", default=[], metavar="IP",
                    help="a local address of the node (repeatable; with -f added to the Node's addresses)")
     p.add_argument("--src", required=True, metavar="IP", help="source address of the packet")
@@ -77,24 +80,16 @@ def _read_rules(path: str) -> str:
 
 def _compiled(args: argparse.Namespace, family: str) -> tuple[str, str, tuple[str, ...]]:
     """(rules text, backend, node IPs) compiled from the manifests."""
+    from ..cli_common import prepare, warn
     from ..compiler import compile_rules
-    from ..controllers.endpointslices import with_derived_slices
-    from ..parse import load_cluster
+    from ..input.cluster import load_cluster
 
     if not args.node:
         raise UsageError("--node is required with -f")
-    loaded = load_cluster(args.files, stdin=sys.stdin)
-    _warn(loaded.warnings)
-    cluster = with_derived_slices(loaded.cluster)
-    result = compile_rules(cluster, args.node, backend=args.backend, family=family,  # type: ignore[arg-type]
-                           external_ip_cidrs=args.external_ip_cidrs)
-    _warn(result.warnings)
+    cluster = prepare(load_cluster(args.files, stdin=sys.stdin), args)
+    result = compile_rules(cluster, args.node, backend=args.backend, family=family)  # type: ignore[arg-type]
+    warn(result.warnings)
     return result.text, result.plan.mode, result.plan.node_ips
-
-
-def _warn(messages: Sequence[str]) -> None:
-    for message in messages:
-        print(f"warning: {message}", file=sys.stderr)
 
 
 def run_trace(args: argparse.Namespace) -> TraceResult:

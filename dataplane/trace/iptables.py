@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
-from . import (
+from .model import (
     PROTO_NUMBERS,
     BaseChain,
     Context,
@@ -483,7 +483,7 @@ class Ruleset:
                 continue
             out.append(BaseChain(label=f"{name} {chain}", nat=name == "nat",
                                  policy="drop" if table.policies.get(chain) == "DROP" else "accept",
-                                 run=_Runner(table, ctx).entry(chain)))
+                                 run=_Runner(table, ctx).entry(chain), table=name, chain=chain))
         return out
 
 
@@ -519,7 +519,7 @@ class _Runner:
                 results.append((flow, Ctl.END))
                 continue
             rule = rules[index]
-            log(f"[{rule.line}] {rule.text}")
+            log(f"[{rule.line}] {rule.text}", rule=rule.text, line=rule.line)
             with log.indent():
                 if rule.probability is None:
                     outcomes = self._target(rule, flow, log, stack)
@@ -553,7 +553,8 @@ class _Runner:
             hit = False
             if rule.target and rule.target in self.table.chains:
                 log(f"[{rule.line}] affinity: a returning client may stick to {rule.target}"
-                    f"{self._endpoint_hint(rule.target)}; the first packet misses (-m recent --{op} --name {name})")
+                    f"{self._endpoint_hint(rule.target)}; the first packet misses (-m recent --{op} --name {name})",
+                    rule=rule.text, line=rule.line)
         return hit != rule.recent.negate
 
     def _endpoint_hint(self, chain: str) -> str:
@@ -574,7 +575,7 @@ class _Runner:
         return handler(self, rule, flow, log)
 
     def _jump(self, rule: Rule, chain: str, flow: Flow, log: Log, stack: tuple[str, ...]) -> list[Outcome]:
-        log(f"{self.table.name} {chain}")
+        log(f"{self.table.name} {chain}", verdict="goto" if rule.goto else "jump", enter=(self.table.name, chain))
         with log.indent():
             outcomes = self.run(chain, flow, log, stack)
         back = Ctl.RETURN if rule.goto else Ctl.NEXT
@@ -583,34 +584,34 @@ class _Runner:
     # -- standard targets ----------------------------------------------------
 
     def t_accept(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
-        log("ACCEPT")
+        log("ACCEPT", verdict="accept")
         return [(replace(flow, accepted=flow.accepted or self.table.name == "filter"), Ctl.ACCEPT)]
 
     def t_drop(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
-        log("DROP")
+        log("DROP", verdict="drop")
         return [(flow, Ctl.DROP)]
 
     def t_reject(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
-        log(f"REJECT ({rule.option('--reject-with') or 'icmp-port-unreachable'})")
+        log(f"REJECT ({rule.option('--reject-with') or 'icmp-port-unreachable'})", verdict="reject")
         return [(flow, Ctl.REJECT)]
 
     def t_return(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
-        log("RETURN")
+        log("RETURN", verdict="return")
         return [(flow, Ctl.RETURN)]
 
     def t_dnat(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
         target = rule.option("--to-destination")
         assert target is not None  # checked when parsed
         ip, port = parse_nat_target(target, flow.dport)
-        log(f"DNAT to {endpoint_text(ip, port)}")
+        log(f"DNAT to {endpoint_text(ip, port)}", verdict="dnat")
         return [(flow.after_dnat(ip, port), Ctl.ACCEPT)]
 
     def t_snat(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
-        log(f"SNAT to {rule.option('--to-source')}")
+        log(f"SNAT to {rule.option('--to-source')}", verdict="snat")
         return [(replace(flow, masquerade=True), Ctl.ACCEPT)]
 
     def t_masquerade(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
-        log("MASQUERADE")
+        log("MASQUERADE", verdict="masquerade")
         return [(replace(flow, masquerade=True), Ctl.ACCEPT)]
 
     def t_mark(self, rule: Rule, flow: Flow, log: Log) -> list[Outcome]:
