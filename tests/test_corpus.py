@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_discovery import checked_zone  # every zone a test produces must load in BIND
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("corpus_support", ROOT / "tests" / "corpus" / "corpus_support.py")
@@ -116,12 +117,12 @@ def test_published_files_allocate_endpoints_dns_env(name, tmp_path):
         if svc["spec"].get("type") != "ExternalName":
             assert svc["spec"]["clusterIP"] and svc["spec"]["clusterIPs"], svc
     ok(dataplane("endpoints", *files, cwd=tmp_path))
-    assert " IN SOA " in ok(dataplane("dns", *files, cwd=tmp_path))
+    assert " IN SOA " in checked_zone(ok(dataplane("dns", *files, cwd=tmp_path)))
     for ns in entry.namespaces:
         ok(dataplane("env", *files, "-n", ns, cwd=tmp_path))
     # what the API server holds (allocated), as `dataplane allocate | dataplane dns|env` reads it
     (tmp_path / "allocated.yaml").write_text(allocated)
-    zone = ok(dataplane("dns", "-f", "allocated.yaml", cwd=tmp_path))
+    zone = checked_zone(ok(dataplane("dns", "-f", "allocated.yaml", cwd=tmp_path)))
     for (sns, sname), svc in got.items():
         if svc["spec"].get("type") != "ExternalName":
             assert re.search(rf"^{re.escape(sname)}\.{sns}\.svc\.cluster\.local\.\s+30 IN A\s+"
@@ -214,7 +215,7 @@ def test_live_cluster_endpoints_dns_env(name, live):
         assert s["kind"] == "EndpointSlice"
         key = (s["metadata"]["namespace"], s["metadata"]["labels"]["kubernetes.io/service-name"])
         by_service.setdefault(key, set()).update(a for e in s["endpoints"] for a in e["addresses"])
-    zone = ok(dataplane("dns", "-f", str(alloc), cwd=d))
+    zone = checked_zone(ok(dataplane("dns", "-f", str(alloc), cwd=d)))
     for ns, svc_name, port in entry.services:
         want_ips = {p.ip for p in live_.pods_of(entry.services[(ns, svc_name, port)])}
         assert want_ips <= by_service[(ns, svc_name)]
