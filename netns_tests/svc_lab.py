@@ -9,6 +9,7 @@ that node; the other nodes only route.
 from __future__ import annotations
 
 import collections
+import json
 import textwrap
 from pathlib import Path
 from typing import Iterable, Optional
@@ -17,6 +18,7 @@ from dataplane.runtime.apply import apply_compiled
 from dataplane.compiler import CompileResult, compile_rules
 from dataplane.input.cluster import load_cluster
 from dataplane.lab import Lab, ProbeResult
+from dataplane.runtime.netns import read_back, run_in
 
 BACKENDS = ("iptables", "nftables")
 
@@ -258,3 +260,28 @@ def send_and_capture(lab: Lab, sender: str, packet: bytes, dst: str, capture: tu
             if match(p):
                 return p
     return None
+
+
+def canonical_rules(ns: str, backend: str) -> str:
+    """The rules kube-dataplane installed in ``ns``, independent of creation order, handles and counters."""
+    if backend == "iptables":
+        chains: dict[str, list[str]] = {}
+        for line in read_back(ns, "iptables").splitlines():
+            if line.startswith("-A "):
+                chains.setdefault(line.split()[1], []).append(line)
+            elif line.startswith(":"):
+                chains.setdefault(line[1:].split()[0], [])
+        return json.dumps(sorted(chains.items()))
+    out = run_in(ns, ["nft", "-j", "list", "table", "ip", "kube-proxy"], check=False)
+    if out.returncode:
+        return "absent"
+    objects = []
+    for obj in json.loads(out.stdout)["nftables"]:
+        kind, body = next(iter(obj.items()))
+        if kind == "metainfo":
+            continue
+        body = {k: v for k, v in body.items() if k not in ("handle",)}
+        if "elem" in body:
+            body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
+        objects.append(json.dumps({kind: body}, sort_keys=True))
+    return json.dumps(sorted(objects))

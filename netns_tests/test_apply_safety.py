@@ -12,7 +12,6 @@ drift in the kernel is repaired, and applying leaves no temporary files behind.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from dataplane.runtime.netns import apply_iptables, read_back, run_in
 from dataplane.runtime.netns import cleanup as netns_cleanup
 from dataplane.runtime.nslock import netns_lock
 from dataplane.runtime.proxier import NetnsRunner, Proxier
-from svc_lab import BACKENDS, nodes_yaml, proxy_config_yaml, write_manifests
+from svc_lab import BACKENDS, canonical_rules, nodes_yaml, proxy_config_yaml, write_manifests
 
 pytestmark = pytest.mark.netns
 
@@ -72,38 +71,13 @@ def _apply(ns: str, path: Path, backend: str, *extra: str, env: dict | None = No
                                  *extra], capture_output=True, text=True, env=env, timeout=120)
 
 
-def _canonical(ns: str, backend: str) -> str:
-    """The installed rules, independent of creation order, handles and counters."""
-    if backend == "iptables":
-        chains: dict[str, list[str]] = {}
-        for line in read_back(ns, "iptables").splitlines():
-            if line.startswith("-A "):
-                chains.setdefault(line.split()[1], []).append(line)
-            elif line.startswith(":"):
-                chains.setdefault(line[1:].split()[0], [])
-        return json.dumps(sorted(chains.items()))
-    out = run_in(ns, ["nft", "-j", "list", "table", "ip", "kube-proxy"], check=False)
-    if out.returncode:
-        return "absent"
-    objects = []
-    for obj in json.loads(out.stdout)["nftables"]:
-        kind, body = next(iter(obj.items()))
-        if kind == "metainfo":
-            continue
-        body = {k: v for k, v in body.items() if k != "handle"}
-        if "elem" in body:
-            body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
-        objects.append(json.dumps({kind: body}, sort_keys=True))
-    return json.dumps(sorted(objects))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_applies_end_in_one_input(bare_ns, tmp_path, backend):
     a, b, c = _inputs(tmp_path, 0, 1, 2)
     reference = {}
     for name, path in (("a", a), ("b", b)):  # each input applied alone
         assert _apply(bare_ns, path, backend).returncode == 0
-        reference[_canonical(bare_ns, backend)] = name
+        reference[canonical_rules(bare_ns, backend)] = name
     assert len(reference) == 2
     for start in ("empty", "c", "empty", "c"):  # both full syncs; both partial syncs from c
         if start == "empty":
@@ -117,7 +91,7 @@ def test_concurrent_applies_end_in_one_input(bare_ns, tmp_path, backend):
         for p in procs:
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
-        state = _canonical(bare_ns, backend)
+        state = canonical_rules(bare_ns, backend)
         assert state in reference, f"from {start}: the kernel holds a mix of both inputs"
         # the record agrees with the kernel: the winner's input again changes nothing
         again = _apply(bare_ns, a if reference[state] == "a" else b, backend)
@@ -128,7 +102,7 @@ def test_concurrent_applies_end_in_one_input(bare_ns, tmp_path, backend):
 def test_a_held_lock_times_out_with_one_clear_line(bare_ns, tmp_path, backend):
     a, b = _inputs(tmp_path, 0, 1)
     assert _apply(bare_ns, a, backend).returncode == 0
-    before = _canonical(bare_ns, backend)
+    before = canonical_rules(bare_ns, backend)
     with netns_lock(bare_ns):
         for argv in (["apply", "-f", str(b), "--node", "node1", "--netns", bare_ns, "--backend", backend],
                      ["cleanup", "--netns", bare_ns]):
@@ -138,7 +112,7 @@ def test_a_held_lock_times_out_with_one_clear_line(bare_ns, tmp_path, backend):
                 f"error: another kube-dataplane apply holds the lock of netns {bare_ns} (pid {os.getpid()}): "
                 "gave up waiting after 0.5 s (--lock-timeout)")
             assert "Traceback" not in run.stderr
-            assert _canonical(bare_ns, backend) == before
+            assert canonical_rules(bare_ns, backend) == before
     assert _apply(bare_ns, b, backend, "--lock-timeout", "0.5").returncode == 0  # free again
 
 
@@ -222,8 +196,8 @@ def test_a_proxier_in_a_namespace_takes_the_lock_too(bare_ns, tmp_path):
         assert held.wait(10)
         with pytest.raises(ApplyError, match=f"holds the lock of netns {bare_ns}"):
             proxier.sync()
-        assert _canonical(bare_ns, "nftables") == "absent"  # nothing was applied
+        assert canonical_rules(bare_ns, "nftables") == "absent"  # nothing was applied
     finally:
         release.set()
         t.join()
-    assert proxier.sync().kind == "full" and _canonical(bare_ns, "nftables") != "absent"
+    assert proxier.sync().kind == "full" and canonical_rules(bare_ns, "nftables") != "absent"

@@ -37,7 +37,7 @@ from dataplane.model import (
 )
 from dataplane.runtime.netns import in_netns, read_back, run_in
 from dataplane.runtime.proxier import NetnsRunner, Proxier
-from svc_lab import BACKENDS, nodes_yaml, proxy_config_yaml, write_manifests
+from svc_lab import BACKENDS, canonical_rules, nodes_yaml, proxy_config_yaml, write_manifests
 
 pytestmark = pytest.mark.netns
 
@@ -344,31 +344,6 @@ def test_foreign_rules_survive_apply_updates_and_cleanup(make_lab, tmp_path, bac
     assert "KUBE" not in read_back(node, "iptables") and read_back(node, "nftables") == ""
 
 
-def _canonical(ns: str, backend: str) -> str:
-    """The installed rules in a form independent of the order objects were created in."""
-    if backend == "iptables":
-        chains: dict[str, list[str]] = {}
-        for line in read_back(ns, "iptables").splitlines():
-            if line.startswith("-A "):
-                chains.setdefault(line.split()[1], []).append(line)
-            elif line.startswith(":"):
-                chains.setdefault(line[1:].split()[0], [])
-        return json.dumps(sorted(chains.items()))
-    out = run_in(ns, ["nft", "-j", "list", "table", "ip", "kube-proxy"], check=False)
-    if out.returncode:
-        return "absent"
-    objects = []
-    for obj in json.loads(out.stdout)["nftables"]:
-        kind, body = next(iter(obj.items()))
-        if kind == "metainfo":
-            continue
-        body = {k: v for k, v in body.items() if k not in ("handle",)}
-        if "elem" in body:
-            body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
-        objects.append(json.dumps({kind: body}, sort_keys=True))
-    return json.dumps(sorted(objects))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, backend):
     lab = make_lab(Topology.simple(nodes=1, pods_per_node=1, clients=1))
@@ -397,7 +372,7 @@ def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, bac
     reference = []
     for path in versions:  # the two complete states
         subprocess.run(cli + ["-f", str(path)], check=True, capture_output=True)
-        reference.append(_canonical(node, backend))
+        reference.append(canonical_rules(node, backend))
     assert reference[0] != reference[1]
     rng = random.Random(99)
     seen = {0: 0, 1: 0}
@@ -410,10 +385,10 @@ def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, bac
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         # a restore tool already started finishes on its own: wait until the state settles
-        state, deadline = _canonical(node, backend), time.monotonic() + 5
+        state, deadline = canonical_rules(node, backend), time.monotonic() + 5
         while time.monotonic() < deadline:
             time.sleep(0.15)
-            again = _canonical(node, backend)
+            again = canonical_rules(node, backend)
             if again == state:
                 break
             state = again
@@ -425,4 +400,4 @@ def test_killing_apply_never_leaves_a_half_applied_state(make_lab, tmp_path, bac
     # no kill left a file behind: the tools read anonymous memfds, a half-written record is swept
     assert list(scratch.iterdir()) == []
     assert not glob.glob(f"/run/kube-dataplane/{node}/.record-*")
-    assert _canonical(node, backend) == reference[1]
+    assert canonical_rules(node, backend) == reference[1]

@@ -6,7 +6,7 @@ Endpoints are read for :mod:`dataplane.controllers.mirror`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import ipaddrs
 from ..controllers.mirror import ANNOTATION_LEADER, EndpointAddress, Endpoints, EndpointSubset
@@ -90,8 +90,10 @@ def _slice_endpoint(c: Checker, path: str, item: dict, address_type: str) -> End
         conditions=EndpointConditions(ready=bool(ready), serving=bool(serving), terminating=bool(terminating)),
         node_name=c.node_name(item, "nodeName", field_path(path, "nodeName")),
         zone=c.get_str(item, "zone", field_path(path, "zone"), default=None),
-        hints_for_zones=_zone_hints(c, item, field_path(path, "hints")),
-        hints_for_nodes=_node_hints(c, item, field_path(path, "hints")),
+        hints_for_zones=_hints(c, item, field_path(path, "hints"), "forZones", MAX_ZONE_HINTS,
+                               label_value_errors),
+        hints_for_nodes=_hints(c, item, field_path(path, "hints"), "forNodes", MAX_NODE_HINTS,
+                               dns1123_subdomain_errors),
         hostname=c.dns_label(item, "hostname", field_path(path, "hostname")),
         target_ref_name=c.get_str(target_ref, "name", field_path(path, "targetRef.name"), default=None),
     )
@@ -128,44 +130,26 @@ def _slice_address(c: Checker, path: str, value: str, address_type: str) -> str:
     return ipaddrs.canonical_ip(value)
 
 
-def _zone_hints(c: Checker, item: dict, path: str) -> Optional[tuple[str, ...]]:
-    """``hints.forZones[].name`` (None when there are no hints): at most 8, distinct label values."""
-    zones_path = field_path(path, "forZones")
-    raw = c.get_list(c.get_map(item, "hints", path), "forZones", zones_path)
-    if len(raw) > MAX_ZONE_HINTS:
-        c.too_many(zones_path, len(raw), MAX_ZONE_HINTS)
+def _hints(c: Checker, item: dict, path: str, key: str, limit: int,
+           errors: Callable[[str], list[str]]) -> Optional[tuple[str, ...]]:
+    """``hints.<key>[].name`` (``forZones``: label values; ``forNodes``: node names), None when
+    there are none: at most ``limit``, distinct, each valid by ``errors``."""
+    list_path = field_path(path, key)
+    raw = c.get_list(c.get_map(item, "hints", path), key, list_path)
+    if len(raw) > limit:
+        c.too_many(list_path, len(raw), limit)
         return None
-    zones: list[str] = []
-    for zone_path, hint in c.each_map(raw, zones_path):
-        name_path = field_path(zone_path, "name")
+    names: list[str] = []
+    for hint_path, hint in c.each_map(raw, list_path):
+        name_path = field_path(hint_path, "name")
         name = c.get_str(hint, "name", name_path)
         if name is None:
             continue
-        if name in zones:
+        if name in names:
             c.duplicate(name_path, name)
-        c.all_invalid(name_path, name, label_value_errors(name))
-        zones.append(name)
-    return tuple(zones) or None
-
-
-def _node_hints(c: Checker, item: dict, path: str) -> Optional[tuple[str, ...]]:
-    """``hints.forNodes[].name`` (None when there are none): at most 8, distinct node names."""
-    nodes_path = field_path(path, "forNodes")
-    raw = c.get_list(c.get_map(item, "hints", path), "forNodes", nodes_path)
-    if len(raw) > MAX_NODE_HINTS:
-        c.too_many(nodes_path, len(raw), MAX_NODE_HINTS)
-        return None
-    nodes: list[str] = []
-    for node_path, hint in c.each_map(raw, nodes_path):
-        name_path = field_path(node_path, "name")
-        name = c.get_str(hint, "name", name_path)
-        if name is None:
-            continue
-        if name in nodes:
-            c.duplicate(name_path, name)
-        c.all_invalid(name_path, name, dns1123_subdomain_errors(name))
-        nodes.append(name)
-    return tuple(nodes) or None
+        c.all_invalid(name_path, name, errors(name))
+        names.append(name)
+    return tuple(names) or None
 
 
 def _slice_ports(c: Checker, obj: dict) -> tuple[EndpointPort, ...]:
