@@ -13,9 +13,9 @@ import os
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
-from .backends import backend_names
 from .cli_common import (
-    add_allocate, add_allocation, add_external_ip_cidrs, add_input, allocate, prepare, warn,
+    add_allocate, add_allocation, add_input, add_quiet, add_target, allocate, note, prepare, progress, set_quiet,
+    warn,
 )
 from .errors import DataplaneError, InputError
 
@@ -24,7 +24,8 @@ EXAMPLES = {
   dataplane compile --allocate -f examples/cluster.yaml --node node-a
   dataplane allocate --seed 1 -f examples/cluster.yaml -o allocated.yaml
   dataplane compile -f allocated.yaml --node node-a --backend nftables -o rules.nft
-  kubectl get svc,endpointslices,nodes -A -o yaml | dataplane compile -f - --node node-a""",
+  kubectl get svc,endpointslices,nodes -A -o yaml | dataplane compile -f - --node node-a
+  dataplane compile --quiet --allocate -f examples/cluster.yaml --node node-a -o rules.txt     # no warnings""",
     "allocate": """examples:
   dataplane allocate -f examples/cluster.yaml
   dataplane allocate -f examples/cluster.yaml --service-cluster-ip-range 10.96.0.0/12,fd00:96::/108 --state alloc.json -o filled.yaml
@@ -37,7 +38,8 @@ EXAMPLES = {
   dataplane apply -f examples/cluster.yaml --allocate --seed 1 --node node-a --netns demo
   dataplane allocate -f examples/cluster.yaml --seed 1 -o allocated.yaml
   dataplane apply -f allocated.yaml --node node-a --netns demo --backend nftables     # replaces the iptables rules
-  dataplane apply -f allocated.yaml --node node-a --netns demo --backend nftables     # sends only what changed""",
+  dataplane apply -f allocated.yaml --node node-a --netns demo --backend nftables     # sends only what changed
+  dataplane apply -f allocated.yaml --node node-a --netns demo --backend nftables --dry-run     # prints it, sends nothing""",
     "cleanup": """examples:
   ip netns add demo
   dataplane apply -f examples/cluster.yaml --allocate --node node-a --netns demo
@@ -48,12 +50,7 @@ EXAMPLES = {
 }
 
 
-def _add_target(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node", required=True, help="name of the Node object whose rules to build")
-    p.add_argument("--backend", choices=backend_names(),
-                   help="rule backend (default: the KubeProxyConfiguration's mode, else iptables)")
-    p.add_argument("--ip-family", choices=("ipv4", "ipv6"), default="ipv4", help="IP family (default ipv4)")
-    add_external_ip_cidrs(p)
+_add_target = add_target  # --node, --backend, --ip-family, --external-ip-cidrs (shared with the diff command)
 
 
 # Commands that other modules register: (command names, module, registering function). Their
@@ -64,6 +61,8 @@ _EXTENSIONS = (
     (("trace",), ".trace.cli", "add_command"),
     (("lab",), ".lab.cli", "add_commands"),
     (("verify",), ".verify", "add_commands"),
+    (("diff",), ".runtime.diff_cli", "add_command"),
+    (("sync",), ".agent.cli", "add_command"),
 )
 _CORE = ("compile", "allocate", "endpoints", "apply", "cleanup", "completion")
 # One-shot commands whose objects need not be freed one by one before the process exits.
@@ -106,6 +105,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_quiet(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="print the rules file for one node",
@@ -150,6 +150,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--netns", required=True, metavar="NSNAME", help="name of the network namespace (ip netns)")
     p.add_argument("--full", action="store_true", help="rewrite everything instead of sending only the difference")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the exact transaction apply would send (full or partial, decided as apply decides) "
+                        "and send nothing: no rule, sysctl or record changes")
     _add_lock_timeout(p)
     add_allocate(p)
     p.set_defaults(func=cmd_apply)
@@ -173,7 +176,19 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                        epilog=EXAMPLES["completion"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
     p.set_defaults(func=cmd_completion)
+    _quiet_everywhere(sub)
     return parser
+
+
+def _quiet_everywhere(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``-q/--quiet`` after any command too (``dataplane compile -q ...``), without undoing one
+    given before it: every command's parser takes it with a suppressed default."""
+    for p in sub.choices.values():
+        if "--quiet" not in p._option_string_actions and "-q" not in p._option_string_actions:
+            add_quiet(p, default=argparse.SUPPRESS)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _quiet_everywhere(action)
 
 
 def _read(files: Sequence[str]):
@@ -208,28 +223,10 @@ def _load(files: Sequence[str]):
 
 
 def _dump(objects: list, fmt: str) -> str:
-    import json
+    """``objects`` as YAML documents or JSON (see :mod:`dataplane.dump`)."""
+    from .dump import dump_objects
 
-    import yaml
-
-    if fmt == "json":
-        if len(objects) == 1:
-            return json.dumps(objects[0], indent=2) + "\n"
-        return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n"
-    return yaml.dump_all(objects, Dumper=_no_alias_dumper(), sort_keys=False, default_flow_style=False)
-
-
-def _no_alias_dumper() -> type:
-    """PyYAML's SafeDumper writing a value met twice in full each time, never as an anchor
-    (``&id001``) and alias: output objects share values (the input's own YAML aliases
-    among them), and every object printed must stand on its own, as kubectl prints it."""
-    import yaml
-
-    class NoAliasDumper(yaml.SafeDumper):
-        def ignore_aliases(self, data: object) -> bool:
-            return True
-
-    return NoAliasDumper
+    return dump_objects(objects, fmt)
 
 
 def _write_output(text: str, path: Optional[str]) -> None:
@@ -247,26 +244,44 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .compiler import compile_rules
+    from .compiler import CompileResult, render
     from .parallel import compile_sharded
+    from .plan import build_plan
 
     workers = args.jobs or len(os.sched_getaffinity(0))
-    docs = _read(args.files)
-    if workers > 1 and not args.allocate:
-        sharded = compile_sharded(docs, args.node, mode=args.backend, family=args.ip_family, workers=workers,
-                                  external_ip_cidrs=args.external_ip_cidrs)
-        if sharded is not None:
-            text, warnings = sharded
-            warn(warnings)
-            _write_output(text, args.output)
-            args.retained = (docs, sharded)  # freed by the exit (see run)
-            return 0
-    cluster = prepare(_parse(docs), args)
-    result = compile_rules(cluster, args.node, backend=args.backend, family=args.ip_family)
+    with progress("dataplane compile") as shown:
+        shown.update(f"reading {_files_text(args.files)}")
+        docs = _read(args.files)
+        sharded = None
+        if workers > 1 and not args.allocate:
+            shown.update(f"validating, planning and rendering {len(docs)} objects in {workers} processes")
+            sharded = compile_sharded(docs, args.node, mode=args.backend, family=args.ip_family, workers=workers,
+                                      external_ip_cidrs=args.external_ip_cidrs)
+        if sharded is None:
+            shown.update(f"validating {len(docs)} objects")
+            parsed = _parse(docs)
+    if sharded is not None:
+        text, warnings = sharded
+        warn(warnings)
+        _write_output(text, args.output)
+        args.retained = (docs, sharded)  # freed by the exit (see run)
+        return 0
+    cluster = prepare(parsed, args)  # prints the input's warnings
+    with progress("dataplane compile") as shown:  # what compile_rules does, in two phases
+        shown.update(f"planning node {args.node}'s rules")
+        plan = build_plan(cluster, args.node, backend=args.backend, family=args.ip_family)
+        shown.update(f"rendering {plan.mode} rules for {len(plan.services)} service ports")
+        result = CompileResult(text=render(plan), plan=plan)
     warn(result.warnings)
     _write_output(result.text, args.output)
     args.retained = (docs, cluster, result)  # freed by the exit (see run)
     return 0
+
+
+def _files_text(files: Sequence[str]) -> str:
+    """The input files, for progress: ``a.yaml``, ``a.yaml and 2 more``, ``standard input``."""
+    first = "standard input" if files[0] == "-" else files[0]
+    return first if len(files) == 1 else f"{first} and {len(files) - 1} more"
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
@@ -292,33 +307,57 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     if not slices:
         reason = ("every Service with a selector has EndpointSlices in the input already"
                   if any(map(wants_slices, cluster.services)) else "no Service in the input has a selector")
-        print(f"warning: nothing to derive: {reason}", file=sys.stderr)
+        warn([f"nothing to derive: {reason}"])
     _write_output(_dump(slices_to_manifests(slices), args.format) if slices else "", args.output)
     args.retained = (cluster, slices)  # freed by the exit (see run)
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .runtime.apply import apply_cluster
+    from .runtime.apply import apply_cluster, dry_run_cluster
     from .runtime.netns import require_netns
     from .runtime.ownership import require_root
 
     require_root("dataplane apply")
     require_netns(args.netns)
-    cluster = prepare(_parse(_read(args.files)), args)
-    result = apply_cluster(args.netns, cluster, args.node, backend=args.backend, family=args.ip_family,
-                           full=args.full, lock_timeout=args.lock_timeout)
+    with progress("dataplane apply") as shown:
+        shown.update(f"reading {_files_text(args.files)}")
+        docs = _read(args.files)
+        shown.update(f"validating {len(docs)} objects")
+        parsed = _parse(docs)
+    cluster = prepare(parsed, args)  # prints the input's warnings
+    target = f"node {args.node} ({args.ip_family})"
+    with progress("dataplane apply") as shown:
+        shown.update(f"planning, rendering and {'comparing' if args.dry_run else 'loading'} "
+                     f"{target}'s rules in netns {args.netns}")
+        if args.dry_run:
+            dry = dry_run_cluster(args.netns, cluster, args.node, backend=args.backend, family=args.ip_family,
+                                  full=args.full, lock_timeout=args.lock_timeout)
+        else:
+            result = apply_cluster(args.netns, cluster, args.node, backend=args.backend, family=args.ip_family,
+                                   full=args.full, lock_timeout=args.lock_timeout)
+    if args.dry_run:
+        warn(dry.sync.plan.warnings)
+        sys.stdout.write(dry.transaction)
+        note(f"dry run, nothing sent: {dry.sync.plan.mode} rules for {target} to netns {args.netns}: "
+             f"{_sync_text(dry.sync)}{'; ' + dry.drift if dry.drift else ''}")
+        return 0
     warn(result.plan.warnings)
+    extra = f", {len(result.conntrack)} stale conntrack filters applied" if result.conntrack else ""
+    note(f"applied {result.plan.mode} rules for {target} to netns {args.netns}: "
+         f"{_sync_text(result)}{extra}{'; ' + result.drift if result.drift else ''}")
+    if result.leftovers:  # switching backends: the other one's rules went
+        warn([f"netns {args.netns}: {'; '.join(result.leftovers)}"])
+    return 0
+
+
+def _sync_text(result) -> str:
+    """``full sync, all 7 service ports written`` and the like, for a SyncResult."""
     n = len(result.plan.services)
     what = {"full": f"all {n} service ports written",
             "partial": f"{result.changed} of {n} service ports rewritten",
             "none": f"nothing changed ({n} service ports)"}[result.kind]
-    extra = f", {len(result.conntrack)} stale conntrack filters applied" if result.conntrack else ""
-    print(f"applied {result.plan.mode} rules for node {args.node} ({args.ip_family}) to netns {args.netns}: "
-          f"{result.kind} sync, {what}{extra}{'; ' + result.drift if result.drift else ''}", file=sys.stderr)
-    if result.leftovers:  # switching backends: the other one's rules went
-        warn([f"netns {args.netns}: {'; '.join(result.leftovers)}"])
-    return 0
+    return f"{result.kind} sync, {what}"
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -335,7 +374,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         forget(args.netns)
         if not kept:
             discard(args.netns)  # nothing is left to remember: remove the namespace's state directory
-    print(f"removed kube-dataplane's rules from netns {args.netns}", file=sys.stderr)
+    note(f"removed kube-dataplane's rules from netns {args.netns}")
     return 0
 
 
@@ -365,10 +404,13 @@ def run() -> NoReturn:
 
 def _main(argv: Optional[Sequence[str]]) -> tuple[int, Optional[argparse.Namespace]]:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv and argv[0] in _CORE else None
+    first = next((a for a in argv if a not in ("-q", "--quiet")), None)
+    command = first if first in _CORE else None
     parser = build_parser(command)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    set_quiet(args.quiet)
+    failed = getattr(args, "error_status", 1)  # the exit status of an error (diff: 2, as diff(1))
     # One-shot commands build millions of acyclic objects: the cyclic collector would
     # traverse them again and again for nothing (a tenth of a 10k-Service compile).
     collect = gc.isenabled() and args.command not in ("lab", "verify")
@@ -381,15 +423,16 @@ def _main(argv: Optional[Sequence[str]]) -> tuple[int, Optional[argparse.Namespa
 
         for line in report_lines(e.problems, "problem"):  # at most errors.MAX_REPORTED, then how many more
             print(f"error: {line}", file=sys.stderr)
-        return 1, args
+        return failed, args
     except DataplaneError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1, args
+        return failed, args
     except BrokenPipeError:
-        return 1, args
+        return failed, args
     except KeyboardInterrupt:
         return 130, args
     finally:
+        set_quiet(False)
         if collect:
             gc.enable()
 

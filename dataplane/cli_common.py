@@ -1,5 +1,5 @@
 """What every ``dataplane`` command module shares: the input, allocation and external-IP options,
-preparing the cluster with them, and printing warnings.
+preparing the cluster with them, printing warnings and notes, ``--quiet``, and progress on a terminal.
 
 Used by :mod:`dataplane.cli` and the modules that register their own commands
 (:mod:`dataplane.lab.cli`, :mod:`dataplane.verify`, :mod:`dataplane.discovery`,
@@ -8,16 +8,19 @@ Used by :mod:`dataplane.cli` and the modules that register their own commands
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Iterable, Optional
 
 if TYPE_CHECKING:
+    from .progress import Progress
     from .controllers.allocation import AllocationResult, AllocationState
     from .input.cluster import ParseResult
     from .model import Cluster
 
 __all__ = [
     "add_input",
+    "add_target",
     "add_external_ip_cidrs",
     "with_external_ip_cidrs",
     "add_allocate",
@@ -25,13 +28,33 @@ __all__ = [
     "allocate",
     "prepare",
     "warn",
+    "note",
+    "add_quiet",
+    "set_quiet",
+    "is_quiet",
+    "progress",
 ]
+
+# ``--quiet``: no warnings, notes or progress on stderr (errors still print). Set once per command line.
+_quiet = False
 
 
 def add_input(p: argparse.ArgumentParser) -> None:
     """``-f/--filename``: the manifests to read (repeatable, ``-`` for stdin)."""
     p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="FILE",
                    help="manifest file (YAML, multi-document YAML or JSON; '-' reads stdin); repeatable")
+
+
+def add_target(p: argparse.ArgumentParser) -> None:
+    """``--node``, ``--backend``, ``--ip-family`` and ``--external-ip-cidrs``: whose rules a
+    command plans, for which backend and family."""
+    from .backends import backend_names
+
+    p.add_argument("--node", required=True, help="name of the Node object whose rules to build")
+    p.add_argument("--backend", choices=backend_names(),
+                   help="rule backend (default: the KubeProxyConfiguration's mode, else iptables)")
+    p.add_argument("--ip-family", choices=("ipv4", "ipv6"), default="ipv4", help="IP family (default ipv4)")
+    add_external_ip_cidrs(p)
 
 
 def _cidr_list(text: str) -> tuple[str, ...]:
@@ -111,8 +134,59 @@ def prepare(loaded: ParseResult, args: argparse.Namespace) -> Cluster:
 
 
 def warn(messages: Iterable[str]) -> None:
-    """Print warnings to stderr, escaped, at most errors.MAX_REPORTED and then how many more."""
+    """Print warnings to stderr, escaped, at most errors.MAX_REPORTED and then how many more;
+    nothing with ``--quiet``."""
     from .errors import report_lines
 
+    if _quiet:
+        return
     for line in report_lines(list(messages), "warning"):
         print(f"warning: {line}", file=sys.stderr)
+
+
+def note(text: str) -> None:
+    """Print a note on what a command did (``applied ...``) to stderr; nothing with ``--quiet``."""
+    if not _quiet:
+        print(text, file=sys.stderr)
+
+
+def add_quiet(p: argparse.ArgumentParser, *, default: object = False) -> None:
+    """``-q/--quiet``. The top-level parser takes it with ``default`` False, each command's parser
+    with ``argparse.SUPPRESS`` (so that ``dataplane --quiet compile ...`` is not undone)."""
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="print no warnings, notes or progress on stderr (errors still print)")
+
+
+def set_quiet(quiet: bool) -> None:
+    """Turn ``--quiet`` on or off for :func:`warn`, :func:`note` and :func:`progress`."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    """Whether ``--quiet`` is in force."""
+    return _quiet
+
+
+def progress(label: str) -> Progress:
+    """A :class:`~dataplane.progress.Progress` for a long operation of command ``label``: shown
+    only when stderr is a terminal and ``--quiet`` is not given, and only after about a second."""
+    from .progress import Progress
+
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return Progress(label, enabled=tty and not _quiet, delay=_progress_delay())
+
+
+def _progress_delay() -> float:
+    """Seconds before a status is shown: ``DATAPLANE_PROGRESS_DELAY`` when it is a number of
+    seconds, 0 or more (0 shows every phase, e.g. to record a session or in tests), else about a second."""
+    from .progress import DEFAULT_DELAY
+
+    try:
+        value = float(os.environ.get("DATAPLANE_PROGRESS_DELAY", DEFAULT_DELAY))
+    except ValueError:
+        return DEFAULT_DELAY
+    return value if 0 <= value < float("inf") else DEFAULT_DELAY

@@ -481,7 +481,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _warn(messages: Iterable[str]) -> None:
-    """Print each message to stderr as ``warning: ...``."""
+    """Print each message to stderr as ``warning: ...`` (nothing with ``--quiet``)."""
+    from .cli_common import is_quiet
+
+    if is_quiet():
+        return
     for message in messages:
         print(f"warning: {message}", file=sys.stderr)
 

@@ -45,11 +45,13 @@ class Problem:
     obj: str  # "Kind namespace/name", or "" when unknown
     field: str  # field path such as "spec.ports[1].nodePort", or ""
     message: str
-    unit: str = "document"  # what ``index`` counts: "object" for objects given as dicts
+    #: What ``index`` counts, shown before it: "object" for objects given as dicts, and for an
+    #: item of a ``kind: List`` "item N of the List in document" (the index is the List's document).
+    unit: str = "document"
 
     def __str__(self) -> str:
         """One line: ``source: document N: object: field: message`` (``object N`` for objects
-        given as dicts), the object and field cut to a readable length and characters that are
+        given as dicts, ``item N of the List in document M`` for List items), the object and field cut to a readable length and characters that are
         not printable escaped (:func:`escape_text`)."""
         parts = [self.source]
         if self.index:

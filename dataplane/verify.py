@@ -466,7 +466,11 @@ class Progress:
         self.total = max(total, 1)
         self.done = 0
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        if enabled is None:
+            from .cli_common import is_quiet
+
+            enabled = self.stream.isatty() and not is_quiet()  # nothing with --quiet
+        self.enabled = enabled
 
     def advance(self, label: str = "") -> None:
         self.done += 1

@@ -30,7 +30,7 @@ ELLIPSIS = "…"
 TIMEOUT = 300
 
 # The dataplane commands (and other programs) that need root and network namespaces.
-_ROOT_COMMANDS = ("apply", "cleanup", "lab", "verify")
+_ROOT_COMMANDS = ("apply", "cleanup", "diff", "lab", "verify")
 _SHELL_SYNTAX = re.compile(r"[|<>&;$`'\"()~*?]")
 
 
@@ -48,8 +48,8 @@ class Step:
             return False
         if words[0] in ("ip", "iptables-save", "ip6tables-save", "nft"):
             return True
-        return any(w == "dataplane" and i + 1 < len(words) and words[i + 1] in _ROOT_COMMANDS
-                   for i, w in enumerate(words))
+        return any(w == "dataplane" and next((c for c in words[i + 1:] if not c.startswith("-")), "") in _ROOT_COMMANDS
+                   for i, w in enumerate(words))  # the command after any global option (--quiet)
 
 
 @dataclass(frozen=True)

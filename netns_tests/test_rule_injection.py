@@ -111,8 +111,8 @@ def test_apply_refuses_the_reproductions_and_foreign_rules_survive(guarded_ns, t
     lines = run.stderr.splitlines()
     assert len(lines) == 3 and "Traceback" not in run.stderr, run.stderr
     for line in lines:
-        assert line.startswith(f"error: {bad}: document 1: KubeProxyConfiguration proxy: detectLocal.{field}: "
-                               "Invalid value: "), line
+        assert line.startswith(f"error: {bad}: item 1 of the List in document 1: KubeProxyConfiguration proxy: "
+                               f"detectLocal.{field}: Invalid value: "), line
     assert _run(guarded_ns, "nft", "list", "ruleset").stdout == before  # nothing was applied
     _assert_foreign_intact(guarded_ns)
 

@@ -814,8 +814,9 @@ def test_fill_documents():
     assert out[0]["spec"]["ipFamilyPolicy"] == "SingleStack"
     assert out[0]["spec"]["ports"][0]["nodePort"] == web.ports[0].node_port
     assert "healthCheckNodePort" not in out[0]["spec"]
-    assert out[1] == other and out[1] is not other
-    assert "clusterIP" not in svc_obj["spec"]  # input untouched
+    assert out[1] is other  # not a Service: printed as given, not copied (fill_documents never changes it)
+    assert out[0] is not svc_obj and out[0]["metadata"] is svc_obj["metadata"]  # only the patched parts are new
+    assert "clusterIP" not in svc_obj["spec"] and "nodePort" not in svc_obj["spec"]["ports"][0]  # input untouched
 
 
 def test_fill_documents_health_check_and_name_fallback():
@@ -960,7 +961,8 @@ def test_fill_documents_round_trips_through_the_parser():
     from dataplane.input.loader import documents_from_text
 
     docs, problems = documents_from_text(MANIFESTS, "in.yaml")
-    assert not problems and [d.index for d in docs] == [1, 2, 3]
+    assert not problems and [(d.unit, d.index) for d in docs] == [
+        ("document", 1), ("item 1 of the List in document", 2), ("item 2 of the List in document", 2)]
     cidrs = ("10.96.0.0/12", "fd00:10:96::/112")
     result = allocate_cluster(parse_cluster(docs).cluster, service_cidrs=cidrs, seed=1)
     filled = fill_documents(docs, result)

@@ -50,6 +50,8 @@ def test_root_steps_are_recognised():
     assert Step("ip netns add demo").needs_root
     assert Step(".venv/bin/dataplane apply -f x --node n --netns demo").needs_root
     assert Step("dataplane lab up -f x").needs_root
+    assert Step("dataplane --quiet apply -f x --node n --netns demo").needs_root
+    assert Step("dataplane diff -q -f x --node n --netns demo && echo same").needs_root
     assert Step("iptables-save | dataplane trace --rules - --backend iptables").needs_root
     assert not Step("dataplane compile -f examples/cluster.yaml --node node-a  # no apply here").needs_root
     assert not Step("dataplane allocate -f x | dataplane env -f - -n shop").needs_root

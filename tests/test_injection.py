@@ -336,5 +336,6 @@ def test_the_cli_refuses_the_reproductions_with_one_line_per_problem(tmp_path: P
     lines = proc.stderr.splitlines()
     assert len(lines) == 3, proc.stderr
     for line in lines:
-        assert line.startswith(f"error: {manifest}: document 1: KubeProxyConfiguration proxy: {'.'.join(path)}: "
+        assert line.startswith(f"error: {manifest}: item 1 of the List in document 1: KubeProxyConfiguration proxy: "
+                               f"{'.'.join(path)}: "
                                "Invalid value: "), line

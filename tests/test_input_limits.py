@@ -221,7 +221,7 @@ def test_two_thousand_bad_services_print_at_most_cap_plus_one_lines(tmp_path, ca
     assert (code, out) == (1, "")
     lines = err.splitlines()
     assert len(lines) == errors.MAX_REPORTED + 1
-    assert lines[0] == (f"error: {path}: document 1: Service default/s0: spec.ports[0].port: "
+    assert lines[0] == (f"error: {path}: item 1 of the List in document 1: Service default/s0: spec.ports[0].port: "
                         "Invalid value: 70000: must be between 1 and 65535, inclusive")
     assert lines[-1] == "error: ... and 1980 more problems"
     with pytest.raises(InputError) as info:

@@ -67,7 +67,7 @@ def test_json_looking_yaml_flow_style_is_read_as_yaml(tmp_path):
     assert load_documents([path])[0].obj["metadata"] == {"name": "web"}
 
 
-def test_list_items_become_documents_numbered_consecutively(tmp_path):
+def test_list_items_become_documents_numbered_within_their_list(tmp_path):
     text = """\
     apiVersion: v1
     kind: List
@@ -82,11 +82,11 @@ def test_list_items_become_documents_numbered_consecutively(tmp_path):
     """
     path = write(tmp_path, "list.yaml", text)
     docs = load_documents([path])
-    assert [(d.index, d.obj["kind"], d.obj["metadata"]["name"]) for d in docs] == [
-        (1, "Service", "a"),
-        (2, "Service", "b"),
-        (3, "Node", "n1"),
-        (4, "Service", "c"),
+    assert [(d.unit, d.index, d.obj["kind"], d.obj["metadata"]["name"]) for d in docs] == [
+        ("item 1 of the List in document", 1, "Service", "a"),
+        ("item 2 of the List in document", 1, "Service", "b"),
+        ("item 3 of the List in document", 1, "Node", "n1"),
+        ("document", 2, "Service", "c"),
     ]
 
 
@@ -126,10 +126,11 @@ def test_list_problems(tmp_path):
     with pytest.raises(InputError) as info:
         load_documents([path])
     assert messages(info.value) == [
-        f'{path}: document 1: kind: Invalid value: "List": a List may not contain another List',
-        f"{path}: document 2: a manifest document must be a mapping with apiVersion and kind, not a number",
-        f"{path}: document 3: apiVersion: Required value",
-        f'{path}: document 4: List: items: Invalid value: "oops": must be a list',
+        f'{path}: item 1 of the List in document 1: kind: Invalid value: "List": a List may not contain another List',
+        f"{path}: item 2 of the List in document 1: a manifest List item must be a mapping with apiVersion and kind, "
+        "not a number",
+        f"{path}: item 3 of the List in document 1: apiVersion: Required value",
+        f'{path}: document 2: List: items: Invalid value: "oops": must be a list',
     ]
 
 

@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import dataplane
+from dataplane.backends import BACKENDS
 from dataplane.backends._jinja import TEMPLATES_DIR, template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +30,20 @@ def test_the_suite_runs_the_installed_wheel():
     assert installed(Path(proc.stdout.strip()).parent)
 
 
+def _templates(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*.j2")}
+
+
 def test_templates_ship_with_the_package():
-    names = {p.name for p in TEMPLATES_DIR.iterdir()}
-    assert {"iptables.j2", "nftables.j2"} <= names
-    assert template("nftables.j2").render  # loadable through the package's loader
+    """Every template of the checkout is where the package loads them from (under scripts/test:
+    the installed wheel), in one folder per backend, and compiles through the package's loader."""
+    shipped = _templates(TEMPLATES_DIR)
+    assert shipped == _templates(ROOT / "templates")
+    assert {"iptables/full.j2", "iptables/service.j2", "nftables/full.j2", "nftables/service.j2",
+            "nftables/update.j2"} <= shipped
+    assert {name.split("/")[0] for name in shipped} == set(BACKENDS)  # no template outside a backend's folder
+    for name in shipped:
+        assert template(name).render  # loadable through the package's loader
 
 
 def test_version_is_written_once():

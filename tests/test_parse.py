@@ -942,8 +942,9 @@ def test_yaml_manifest_end_to_end(tmp_path):
     (svc,) = result.cluster.services
     (es,) = result.cluster.endpoint_slices
     assert svc.cluster_ips == ("172.30.0.41",) and svc.ref.index == 1
-    assert es.endpoints[0].addresses == ("10.244.1.5",) and es.ref.index == 2
-    assert result.cluster.proxy_config.mode == "nftables" and result.cluster.proxy_config.ref.index == 3
+    assert es.endpoints[0].addresses == ("10.244.1.5",) and es.ref.index == 1
+    assert es.ref.unit == "item 2 of the List in document"
+    assert result.cluster.proxy_config.mode == "nftables" and result.cluster.proxy_config.ref.index == 2
     assert result.warnings == ()
 
 

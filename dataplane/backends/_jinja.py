@@ -35,5 +35,6 @@ def environment() -> jinja2.Environment:
 
 
 def template(name: str) -> jinja2.Template:
-    """Load ``templates/<name>`` (compiled once per process)."""
+    """Load ``templates/<name>``, a path under the templates folder with one folder per backend
+    (``"iptables/full.j2"``), compiled once per process."""
     return environment().get_template(name)

@@ -98,6 +98,12 @@ class Backend(ABC):
     def render_parts(self, plan: NodePlan, parts: Sequence[Part]) -> str:
         """The complete file from every shard's part, in plan order."""
 
+    @abstractmethod
+    def count_rules(self, text: str) -> dict[str, int]:
+        """How much ``text`` (a full file or a partial update this backend rendered) writes:
+        at least ``"rules"`` and ``"chains"``, plus backend-specific counts (for the agent's
+        metrics, see :mod:`dataplane.backends.rule_counts`)."""
+
     # ------------------------------------------------------------------ the kernel
     @abstractmethod
     def load(self, ns: str, text: str, *, family: Family, full: bool) -> None:
@@ -134,3 +140,16 @@ class Backend(ABC):
     @abstractmethod
     def parse_trace(self, rules_text: str) -> "Engine":
         """Parse a rules file of this backend for the tracer (:mod:`dataplane.trace`)."""
+
+    # ------------------------------------------------------------------ dry runs and diffs
+    @abstractmethod
+    def transaction(self, ns: str, text: str, *, family: Family, full: bool) -> str:
+        """The exact input :meth:`load` would give the kernel's tool for ``text`` if it ran now
+        (read from ``ns``; nothing is changed)."""
+
+    @abstractmethod
+    def diff_views(self, ns: str, text: str, *, family: Family) -> tuple[str, str]:
+        """(``text``, a complete rules file of this backend, as the kernel would hold it; what of
+        ours ``ns`` holds now for ``family``), both in the same canonical text (see
+        :mod:`dataplane.backends.canonical`): counters left out, objects in a fixed order, and
+        only our own objects (other programs' tables, chains and rules never appear)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from ..plan import Family, NodePlan, ServicePortPlan, large_cluster
 from . import iptables as ipt
+from . import rule_counts
 from .base import Backend, FragmentRenderer
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class IptablesBackend(Backend):
     def render_parts(self, plan: NodePlan, parts: Sequence[ipt.Part]) -> str:
         return ipt.render_parts(plan, parts)
 
+    def count_rules(self, text: str) -> dict[str, int]:
+        """Rules and chains in total and per table (``filter_rules``, ``nat_chains``...)."""
+        return rule_counts.iptables_counts(text)
+
     def load(self, ns: str, text: str, *, family: Family, full: bool) -> None:
         """``iptables-restore --noflush`` (``ip6tables-restore``), rolled back on failure."""
         from ..runtime import netns
@@ -86,6 +91,22 @@ class IptablesBackend(Backend):
         from ..runtime import netns
 
         return netns.read_back_iptables(ns, ipv6=ipv6)
+
+    def transaction(self, ns: str, text: str, *, family: Family, full: bool) -> str:
+        """``text`` as :func:`~dataplane.runtime.netns.apply_iptables` rewrites it for the tables
+        ``ns`` holds now (built-in chain declarations and jumps already there dropped, stale
+        per-service chains deleted by a full update)."""
+        from ..runtime import diff
+
+        return diff.iptables_transaction(ns, text, ipv6=family == "ipv6", full=full)
+
+    def diff_views(self, ns: str, text: str, *, family: Family) -> tuple[str, str]:
+        """Chains, and jumps from built-in chains, of ours per table: ``text`` loaded into an
+        empty private namespace and read back, and ``ns``'s (ours by the ownership record,
+        kube-proxy's fixed chains and what ``text`` declares)."""
+        from ..runtime import diff
+
+        return diff.iptables_views(ns, text, ipv6=family == "ipv6")
 
     def installed_chains(self, ns: str, *, ipv6: bool) -> set[str]:
         """The nat table's KUBE-* chains."""

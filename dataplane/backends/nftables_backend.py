@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from ..plan import Family, NodePlan, ServicePortPlan
 from . import nftables as nft
+from . import rule_counts
 from .base import Backend, FragmentRenderer
 
 if TYPE_CHECKING:
@@ -82,16 +83,36 @@ class NftablesBackend(Backend):
     def render_parts(self, plan: NodePlan, parts: Sequence[nft.Part]) -> str:
         return nft.render_parts(plan, parts)
 
+    def count_rules(self, text: str) -> dict[str, int]:
+        """Rules, chains, sets, maps and set/map elements."""
+        return rule_counts.nftables_counts(text)
+
     def load(self, ns: str, text: str, *, family: Family, full: bool) -> None:
-        """``nft -f``: one transaction (a full script replaces its own table)."""
+        """One transaction: a full script (it replaces its own table) with ``nft -f``; a partial
+        update as one nf_tables netlink batch, without nft's cache of every chain (``nft -f``
+        when it holds a statement the batch translation does not cover)."""
         from ..runtime import netns
 
-        netns.apply_nftables(ns, text)
+        if full:
+            netns.apply_nftables(ns, text)
+        else:
+            netns.apply_nftables_partial(ns, text)
 
     def read_back(self, ns: str, *, ipv6: bool) -> str:
         from ..runtime import netns
 
         return netns.read_back_nftables(ns, ipv6=ipv6)
+
+    def transaction(self, ns: str, text: str, *, family: Family, full: bool) -> str:
+        """The script itself: ``nft -f`` gets it as it is."""
+        return text
+
+    def diff_views(self, ns: str, text: str, *, family: Family) -> tuple[str, str]:
+        """The family's ``kube-proxy`` table (the only one of ours): ``text`` loaded into an empty
+        private namespace and listed, and ``ns``'s listed."""
+        from ..runtime import diff
+
+        return diff.nftables_views(ns, text, ipv6=family == "ipv6")
 
     def installed_chains(self, ns: str, *, ipv6: bool) -> set[str]:
         """The chains of the ``kube-proxy`` table."""

@@ -26,7 +26,6 @@ their values back.
 """
 from __future__ import annotations
 
-import copy
 import json
 import random
 from dataclasses import dataclass, field, replace
@@ -779,18 +778,37 @@ def _result(
 
 
 def fill_documents(docs: Sequence[Document], result: AllocationResult) -> list[dict[str, Any]]:
-    """Deep copies of the input objects, Services showing their allocated fields as the API server would."""
-    by_ref = {(a.ref.source, a.ref.index): a for a in result.services.values() if a.ref.index}
+    """The input objects, Services showing their allocated fields as the API server would.
+
+    A Service that gets values is a new object (its spec and ports copied, then patched); every
+    other object, and every part of a Service the patch does not touch, is the input's own (not
+    copied: the output is printed, never changed), so the input stays as it was.
+    """
+    by_ref = {(a.ref.source, a.ref.index, a.ref.unit): a for a in result.services.values() if a.ref.index}
     by_name = {(a.namespace, a.name): a for a in result.services.values()}
     out: list[dict[str, Any]] = []
     for doc in docs:
-        obj = copy.deepcopy(doc.obj)
+        obj = doc.obj
         if _is_service(obj):
-            alloc = by_ref.get((doc.source, doc.index)) or by_name.get(_manifest_key(obj))
+            alloc = by_ref.get((doc.source, doc.index, doc.unit)) or by_name.get(_manifest_key(obj))
             if alloc is not None:
+                obj = _copy_patched_parts(obj)
                 _patch_service_manifest(obj, alloc)
         out.append(obj)
     return out
+
+
+def _copy_patched_parts(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Service manifest whose parts :func:`_patch_service_manifest` writes to (the
+    object, its spec, the spec's ports list and each port mapping) are new; the rest is shared."""
+    obj = dict(obj)
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        spec = obj["spec"] = dict(spec)
+        ports = spec.get("ports")
+        if isinstance(ports, list):
+            spec["ports"] = [dict(port) if isinstance(port, dict) else port for port in ports]
+    return obj
 
 
 def _is_service(obj: dict[str, Any]) -> bool:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import socket
 from dataclasses import replace
 from typing import Any, Iterable, Optional, Sequence
 
@@ -70,6 +71,9 @@ from ..model import (
     Service,
     ServicePort,
 )
+from .podindex import PodIndex, selects
+
+__all__ = ["PodIndex", "selects"]  # re-exported: selection lives in .podindex
 
 LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"
@@ -92,12 +96,6 @@ PortList = tuple[EndpointPort, ...]
 def wants_slices(svc: Service) -> bool:
     """True if the controller manages slices for ``svc``: it has a selector and is not ExternalName."""
     return bool(svc.selector) and svc.type != "ExternalName"
-
-
-def selects(selector: Labels, pod: Pod) -> bool:
-    """True if ``pod`` carries every ``key=value`` of ``selector``."""
-    labels = dict(pod.labels)
-    return all(labels.get(key) == value for key, value in selector)
 
 
 def pod_is_eligible(pod: Pod) -> bool:
@@ -154,6 +152,11 @@ def endpoint_ports(svc: Service, pod: Pod) -> PortList:
 
 def pod_endpoint(pod: Pod, svc: Service, family: str, node: Optional[Node]) -> Optional[Endpoint]:
     """The endpoint ``pod`` contributes to ``svc``'s slices of ``family``; None if it has no such IP."""
+    return _endpoint(pod, svc, family, (node.zone or None) if node is not None else None)
+
+
+def _endpoint(pod: Pod, svc: Service, family: str, zone: Optional[str]) -> Optional[Endpoint]:
+    """:func:`pod_endpoint` with the zone of the Pod's Node (None: no zone, or no such Node) given."""
     addresses = tuple(ip for ip in pod.pod_ips if _family_or_none(ip) == family)
     if not addresses:
         return None
@@ -162,7 +165,6 @@ def pod_endpoint(pod: Pod, svc: Service, family: str, node: Optional[Node]) -> O
     ready = svc.publish_not_ready_addresses or (serving and not terminating)
     hostname = pod.hostname if pod.hostname and pod.subdomain == svc.name else None
     node_name = pod.node_name or None
-    zone = (node.zone or None) if node is not None else None
     for_zones, for_nodes = topology_hints(svc, ready, zone, node_name)
     return Endpoint(
         addresses=addresses,
@@ -204,8 +206,16 @@ def _family_or_none(ip: str) -> Optional[str]:
 
 def _endpoint_order(endpoint: Endpoint) -> tuple[int, int, str]:
     """Sort key: first address numerically (IPv4 before IPv6), then the Pod name."""
-    address = ipaddress.ip_address(endpoint.addresses[0])
-    return (address.version, int(address), endpoint.target_ref_name or "")
+    text = endpoint.addresses[0]
+    try:  # the addresses were validated when read: the C parser gives ipaddress's number
+        key = (4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+    except OSError:
+        try:
+            key = (6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big"))
+        except OSError:
+            address = ipaddress.ip_address(text)
+            key = (address.version, int(address))
+    return (*key, endpoint.target_ref_name or "")
 
 
 def _ports_order(ports: PortList) -> tuple[tuple[str, str, int], ...]:
@@ -285,18 +295,35 @@ def slices_for_service(
 ) -> list[EndpointSlice]:
     """The slices the controller creates for one Service from ``pods`` (any namespace; filtered here)."""
     selector = svc.selector or ()
-    members = sorted(
-        (p for p in pods if p.namespace == svc.namespace and selects(selector, p) and pod_is_eligible(p)),
-        key=lambda p: p.name,
-    )
+    selected = (p for p in pods if p.namespace == svc.namespace and selects(selector, p))
+    zones = {name: node.zone or None for name, node in nodes.items()}
+    return _slices_from_selected(svc, selected, zones, taken)
+
+
+def _zones(nodes: Iterable[Node]) -> dict[str, Optional[str]]:
+    """Each Node's zone (None: none), by name; a name given twice counts with its last Node."""
+    return {node.name: node.zone or None for node in nodes}
+
+
+def _slices_from_selected(
+    svc: Service,
+    selected: Iterable[Pod],
+    zones: dict[str, Optional[str]],
+    taken: set[tuple[str, str]],
+) -> list[EndpointSlice]:
+    """The slices for ``svc`` from the Pods its selector selects (in input order; eligibility checked
+    here); ``zones`` holds each Node's zone (:func:`_zones`)."""
+    members = sorted((p for p in selected if pod_is_eligible(p)), key=lambda p: p.name)
+    # Without a named targetPort, every Pod gets the same ports: resolve them once.
+    named = any(isinstance(p.target_port, str) and p.target_port for p in svc.ports)
+    fixed = None if named or not members else endpoint_ports(svc, members[0])
     slices: list[EndpointSlice] = []
     for family in address_families(svc):
         groups: dict[PortList, list[Endpoint]] = {}
         for pod in members:
-            node = nodes.get(pod.node_name) if pod.node_name else None
-            endpoint = pod_endpoint(pod, svc, family, node)
+            endpoint = _endpoint(pod, svc, family, zones.get(pod.node_name) if pod.node_name else None)
             if endpoint is not None:
-                groups.setdefault(endpoint_ports(svc, pod), []).append(endpoint)
+                groups.setdefault(fixed if fixed is not None else endpoint_ports(svc, pod), []).append(endpoint)
         if not groups:
             slices.append(_make_slice(svc, family, (), (), taken))
             continue
@@ -308,19 +335,25 @@ def slices_for_service(
 
 
 def derive_endpoint_slices(cluster: Cluster) -> tuple[EndpointSlice, ...]:
-    """Slices for every selector Service without EndpointSlices in the input, in namespace/name order."""
+    """Slices for every selector Service without EndpointSlices in the input, in namespace/name order.
+
+    The Pods are indexed by namespace and label (:class:`PodIndex`, built only if some Service
+    needs slices), so each Service costs what its selector matches, not its namespace's size.
+    """
     covered = {(s.namespace, s.service_name) for s in cluster.endpoint_slices if s.service_name}
+    wanting = [svc for svc in cluster.services if wants_slices(svc) and svc.key not in covered]
+    if not wanting:
+        return ()
     taken = {(s.namespace, s.name) for s in cluster.endpoint_slices}
-    nodes = {n.name: n for n in cluster.nodes}
-    pods_by_namespace: dict[str, list[Pod]] = {}
-    for pod in cluster.pods:
-        pods_by_namespace.setdefault(pod.namespace, []).append(pod)
+    zones = _zones(cluster.nodes)
+    index = PodIndex(cluster.pods)
     out: list[EndpointSlice] = []
-    for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
-        if not wants_slices(svc) or svc.key in covered:
+    for svc in sorted(wanting, key=lambda s: (s.namespace, s.name)):
+        if svc.key in covered:
             continue
         covered.add(svc.key)  # a duplicated Service gets its slices once
-        out.extend(slices_for_service(svc, pods_by_namespace.get(svc.namespace, ()), nodes, taken))
+        selected = index.select(svc.namespace, svc.selector or ())
+        out.extend(_slices_from_selected(svc, selected, zones, taken))
     return tuple(out)
 
 

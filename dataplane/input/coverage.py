@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from ..controllers.endpointslices import selects, wants_slices
+from ..controllers.endpointslices import wants_slices
+from ..controllers.podindex import PodIndex
 from ..model import EndpointSlice, Pod, Service
 
 
@@ -20,16 +21,14 @@ def services_without_endpoints(services: Iterable[Service], slices: Iterable[End
     """A warning for each Service with a selector (not ExternalName) that has no EndpointSlice
     in the input and selects no Pod of it, in input order, once per Service."""
     covered = {(s.namespace, s.service_name) for s in slices if s.service_name}
-    pods_by_namespace: dict[str, list[Pod]] = {}
-    for pod in pods:
-        pods_by_namespace.setdefault(pod.namespace, []).append(pod)
+    index = None  # Pods by namespace and label, built for the first Service that needs it
     warnings = []
     for svc in services:
         if not wants_slices(svc) or svc.key in covered:
             continue
         covered.add(svc.key)  # once, even for a Service given twice
-        selector = svc.selector or ()
-        if any(selects(selector, pod) for pod in pods_by_namespace.get(svc.namespace, ())):
+        index = index or PodIndex(pods)
+        if index.select(svc.namespace, svc.selector or ()):
             continue
         warnings.append(
             f"{svc.ref.where()}: selects no Pod and has no EndpointSlice in the input, so it has no "

@@ -2,9 +2,10 @@
 
 Each input yields a flat list of :class:`Document`: one per object, each
 remembering the file it came from and its position there. Positions count
-documents in file order, an empty document counting as one and each item of a
-``List`` counting as one (a file holding a 3-item List then a Service numbers
-them 1, 2, 3 and 4), so every problem can say ``FILE: document N``.
+documents in file order, an empty document counting as one; the items of a
+``List`` are numbered within it (a file holding a 3-item List then a Service
+gives ``item 1 of the List in document 1`` ... ``item 3 of the List in document 1``
+and ``document 2``), so every problem can say where its object is.
 
 Nothing here raises anything but :class:`~dataplane.errors.InputError`: an
 unreadable or unparsable file becomes one problem naming the file (with the
@@ -43,9 +44,17 @@ class Document:
     """One API object read from the input, before validation."""
 
     source: str  # file name as given, or "<stdin>"
-    index: int  # 1-based position in the source (List items count one each)
+    index: int  # 1-based position of the document in the source (for a List item: the List's)
     obj: dict
-    unit: str = "document"  # what ``index`` counts in messages: "object" for objects given as dicts
+    #: What ``index`` counts in messages, shown as ``f"{unit} {index}"``: "document", "object" for
+    #: objects given as dicts, or for a List item :func:`list_item_unit` ("item N of the List in document").
+    unit: str = "document"
+
+
+def list_item_unit(item: int) -> str:
+    """The ``unit`` of item ``item`` (1-based) of a ``List``: with the List's document position as
+    the index, messages read ``item N of the List in document M``."""
+    return f"item {item} of the List in document"
 
 
 class _ParseFailure(Exception):
@@ -186,25 +195,22 @@ def _documents(raw_docs: list[Any], source: str) -> tuple[list[Document], list[P
     """The documents of one file's parsed values (Lists flattened) and their document-level problems."""
     documents: list[Document] = []
     problems: list[Problem] = []
-    position = 0
-    for raw in raw_docs:
+    for position, raw in enumerate(raw_docs, 1):
         if raw is None:
-            position += 1  # an empty document still occupies a position
-            continue
+            continue  # an empty document still occupies a position
         if isinstance(raw, RejectedDocument):  # YAML the API server refuses: keys set twice, aliases...
-            position += 1
             problems.extend(Problem(source, position, "", "", message) for message in raw.messages)
             continue
-        for obj, obj_problems in _flatten(raw, source):
-            position += 1
+        for item, obj, obj_problems in _flatten(raw, source):
+            unit = list_item_unit(item) if item else "document"
             if obj_problems is not None:
-                problems.extend(_renumber(obj_problems, position))
+                problems.extend(_renumber(obj_problems, position, unit))
                 continue
-            found = document_problems(source, position, obj)
+            found = document_problems(source, position, obj, unit)
             if found:
                 problems.extend(found)
             else:
-                documents.append(Document(source=source, index=position, obj=obj))
+                documents.append(Document(source=source, index=position, obj=obj, unit=unit))
     return documents, problems
 
 
@@ -287,9 +293,10 @@ def _value_error_text(err: Exception) -> str:
 
 # ------------------------------------------------------------------ flattening
 
-# (object, None) for an object to keep; (None, problems) for a List entry that
-# cannot become a document. Problems carry index 0 and are renumbered.
-_Flat = tuple[Any, Optional[list[Problem]]]
+# (item, object, None) for an object to keep; (item, None, problems) for a List entry that
+# cannot become a document. ``item``: the 1-based position in the List, 0 for the document
+# itself. Problems carry index 0 and are renumbered.
+_Flat = tuple[int, Any, Optional[list[Problem]]]
 
 
 def is_list_kind(obj: Any) -> bool:
@@ -305,20 +312,20 @@ def is_list_kind(obj: Any) -> bool:
 def _flatten(raw: Any, source: str) -> Iterator[_Flat]:
     """Yield the objects of one raw document: itself, or the items of a List."""
     if not is_list_kind(raw):
-        yield raw, None
+        yield 0, raw, None
         return
     items = raw.get("items")
     if items is None:
         return
     if not isinstance(items, list):
         message = f"Invalid value: {format_value(items)}: must be a list"
-        yield None, [Problem(source, 0, str(raw["kind"]), "items", message)]
+        yield 0, None, [Problem(source, 0, str(raw["kind"]), "items", message)]
         return
-    for item in items:
-        yield _list_item(raw, item, source)
+    for n, item in enumerate(items, 1):
+        yield (n, *_list_item(raw, item, source))
 
 
-def _list_item(list_obj: dict, item: Any, source: str) -> _Flat:
+def _list_item(list_obj: dict, item: Any, source: str) -> tuple[Any, Optional[list[Problem]]]:
     """One List item; items of a typed list (``ServiceList``) inherit apiVersion and kind."""
     if not isinstance(item, dict):
         return item, None  # reported by document_problems
@@ -331,8 +338,8 @@ def _list_item(list_obj: dict, item: Any, source: str) -> _Flat:
     return item, None
 
 
-def _renumber(problems: list[Problem], index: int) -> list[Problem]:
-    return [Problem(p.source, index, p.obj, p.field, p.message) for p in problems]
+def _renumber(problems: list[Problem], index: int, unit: str) -> list[Problem]:
+    return [Problem(p.source, index, p.obj, p.field, p.message, unit) for p in problems]
 
 
 # ---------------------------------------------------------- document checking
@@ -342,7 +349,8 @@ def document_problems(source: str, index: int, obj: Any, unit: str = "document")
     """Problems that stop ``obj`` from being a document at all: not a mapping, no apiVersion or kind
     (``unit``: what ``index`` counts, see :class:`Document`)."""
     if not isinstance(obj, dict):
-        message = f"a manifest {unit} must be a mapping with apiVersion and kind, not {_type_name(obj)}"
+        noun = "List item" if unit.startswith("item ") else unit
+        message = f"a manifest {noun} must be a mapping with apiVersion and kind, not {_type_name(obj)}"
         return [Problem(source, index, "", "", message, unit)]
     problems = []
     for key in ("apiVersion", "kind"):

@@ -1,4 +1,4 @@
-"""The ``dataplane lab up`` and ``dataplane lab down`` commands, and the options and input
+"""The ``dataplane lab up``, ``lab down`` and ``lab list`` commands, and the options and input
 handling ``dataplane verify`` shares with them."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 from ..backends import backend_names
-from ..cli_common import add_allocate, add_external_ip_cidrs, add_input, prepare, warn
+from ..cli_common import add_allocate, add_external_ip_cidrs, add_input, note, prepare, progress, warn
 from ..model import Cluster
 from ..plan import Family
 from .layout import families_in_use
-from .state import DEFAULT_LAB_NAME, LABS_DIR
+from .state import DEFAULT_LAB_NAME, LABS_DIR, list_labs
 from .summary import format_table, layout_summary
 from .updown import UpResult, lab_down, lab_up
 
@@ -29,6 +29,11 @@ EXAMPLES = {
   dataplane lab up -f examples/cluster.yaml --allocate
   dataplane lab down
   dataplane lab up -f examples/cluster.yaml --allocate --name demo
+  dataplane lab down --name demo""",
+    "list": """examples:
+  dataplane lab up -f examples/cluster.yaml --allocate --name demo
+  dataplane lab list
+  dataplane lab list --json
   dataplane lab down --name demo""",
 }
 
@@ -60,6 +65,14 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                         epilog=EXAMPLES["down"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default=DEFAULT_LAB_NAME, metavar="LAB", help=f"lab name (default {DEFAULT_LAB_NAME})")
     p.set_defaults(func=cmd_lab_down)
+    p = lsub.add_parser("list", help="list the labs that exist",
+                        description=f"One line per lab recorded in {LABS_DIR} (also crashed ones and those of "
+                                    "running `dataplane verify` commands): its name, status (up, building, broken: "
+                                    "`lab down` removes it), backend, families, when it was made (UTC) and its "
+                                    "network namespaces.",
+                        epilog=EXAMPLES["list"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print a JSON array of objects instead")
+    p.set_defaults(func=cmd_lab_list)
 
 
 def add_lab_options(p: argparse.ArgumentParser) -> None:
@@ -134,7 +147,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     cluster, families = load_input(args)
     previous = signal.signal(signal.SIGTERM, raise_exit)  # a killed `up` cleans up after itself
     try:
-        result = lab_up(cluster, name=args.name, backend=args.backend, families=families)
+        with progress(f"dataplane lab up {args.name}") as shown:
+            result = lab_up(cluster, name=args.name, backend=args.backend, families=families, progress=shown.update)
     finally:
         signal.signal(signal.SIGTERM, previous)
     warn(result.lab.layout.warnings)
@@ -146,5 +160,23 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 def cmd_lab_down(args: argparse.Namespace) -> int:
     """``dataplane lab down``: remove the lab."""
     removed = lab_down(args.name)
-    print(f"lab {args.name} is down: removed {len(removed)} network namespace(s)", file=sys.stderr)
+    note(f"lab {args.name} is down: removed {len(removed)} network namespace(s)")
+    return 0
+
+
+def cmd_lab_list(args: argparse.Namespace) -> int:
+    """``dataplane lab list``: the labs, one per line (or ``--json``)."""
+    import json
+
+    labs = list_labs()
+    if args.json:
+        sys.stdout.write(json.dumps([lab.as_json() for lab in labs], indent=2) + "\n")
+        return 0
+    if not labs:
+        note("no lab exists")
+        return 0
+    sys.stdout.write(format_table(
+        ["LAB", "STATUS", "BACKEND", "FAMILIES", "CREATED", "NAMESPACES"],
+        [[lab.name, lab.status, lab.backend, ",".join(lab.families) or "-", lab.created_text(),
+          ",".join(lab.namespaces) or "-"] for lab in labs]))
     return 0

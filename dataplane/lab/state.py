@@ -8,15 +8,18 @@ import os
 import re
 import signal
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from ..runtime.apply import STATE_DIR
+from ..runtime.netns import NETNS_DIR
 from ..errors import LabError
 from .cluster import forget_namespace
 from .namespaces import STATE_KIND, Lab
 
 __all__ = ["LABS_DIR", "DEFAULT_LAB_NAME", "SERVER_MODULE", "require_root", "state_path", "check_name",
-           "read_state", "update_state", "is_our_server", "remove_lab", "sweep_orphans"]
+           "read_state", "update_state", "is_our_server", "remove_lab", "sweep_orphans", "LabInfo", "list_labs"]
 
 LABS_DIR = os.path.join(STATE_DIR, "labs")
 DEFAULT_LAB_NAME = "lab"
@@ -140,3 +143,68 @@ def sweep_orphans() -> list[str]:
                 and not _alive(state["pid"]):
             removed += remove_lab(path)
     return removed
+
+
+@dataclass(frozen=True, slots=True)
+class LabInfo:
+    """One lab as its state file records it (``dataplane lab list``)."""
+
+    name: str
+    #: "up" (ready, its server process running, every namespace there), "building" (its ``up``
+    #: still runs), "broken" (its process died or a namespace is gone: ``lab down`` removes it),
+    #: or "unreadable" (the state file could not be read)
+    status: str
+    created: Optional[float]  # seconds since the epoch
+    backend: str
+    families: tuple[str, ...]
+    namespaces: tuple[str, ...]
+    state_file: str
+
+    def created_text(self) -> str:
+        """When the lab was made, in UTC (ISO 8601, seconds), or "-" when unknown."""
+        if self.created is None:
+            return "-"
+        return datetime.fromtimestamp(self.created, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def as_json(self) -> dict[str, Any]:
+        """The lab as a JSON object (``lab list --json``)."""
+        return {"name": self.name, "status": self.status, "created": self.created_text(), "backend": self.backend,
+                "families": list(self.families), "namespaces": list(self.namespaces), "state_file": self.state_file}
+
+
+def _status(state: dict[str, Any], path: str) -> str:
+    namespaces = [ns for ns in state.get("namespaces", []) if isinstance(ns, str)]
+    present = all(os.path.exists(os.path.join(NETNS_DIR, ns)) for ns in namespaces)
+    if state.get("ready"):
+        pid = state.get("server_pid")
+        serving = (isinstance(pid, int) and is_our_server(pid, path)) or (pid is None and not state.get("servers"))
+        return "up" if serving and present else "broken"
+    pid = state.get("pid")
+    return "building" if isinstance(pid, int) and _alive(pid) and present else "broken"
+
+
+def list_labs() -> list[LabInfo]:
+    """Every lab that has a state file (also ``dataplane verify``'s and crashed ones), by name."""
+    try:
+        entries = sorted(e for e in os.listdir(LABS_DIR) if e.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    labs = []
+    for entry in entries:
+        path = os.path.join(LABS_DIR, entry)
+        name = entry.removesuffix(".json")
+        try:
+            state = read_state(path)
+        except LabError:
+            labs.append(LabInfo(name, "unreadable", None, "-", (), (), path))
+            continue
+        if state is None:  # removed meanwhile
+            continue
+        created = state.get("created")
+        families = state.get("families")
+        labs.append(LabInfo(
+            name, _status(state, path), float(created) if isinstance(created, (int, float)) else None,
+            str(state.get("backend") or "-"),
+            tuple(str(f) for f in families) if isinstance(families, list) else (),
+            tuple(ns for ns in state.get("namespaces", []) if isinstance(ns, str)), path))
+    return labs

@@ -7,8 +7,10 @@ import os
 import select
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from ..errors import LabError
 from ..model import Cluster
@@ -73,12 +75,45 @@ def _await_ready(proc: subprocess.Popen) -> None:
         raise LabError(f"the lab's server process did not start: {line or 'no answer'}")
 
 
+@contextmanager
+def _counting(progress: Optional[Callable[[str], None]], what: str, total: int,
+              count: Callable[[], int], period: float = 0.2) -> Iterator[None]:
+    """Report ``what N/total`` to ``progress`` every ``period`` seconds while the body runs
+    (``count()`` says how far it is); nothing without ``progress``."""
+    if progress is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while True:
+            progress(f"{what} {min(count(), total)}/{total}")
+            if stop.wait(period):
+                return
+
+    thread = threading.Thread(target=watch, name="lab-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _existing(namespaces: Sequence[str]) -> Callable[[], int]:
+    """How many of ``namespaces`` exist (under /run/netns)."""
+    return lambda: sum(os.path.exists(os.path.join(NETNS_DIR, ns)) for ns in namespaces)
+
+
 def lab_up(cluster: Cluster, *, name: str = DEFAULT_LAB_NAME, backend: Optional[Mode] = None,
-           families: Optional[Sequence[Family]] = None) -> UpResult:
+           families: Optional[Sequence[Family]] = None,
+           progress: Optional[Callable[[str], None]] = None) -> UpResult:
     """Build a lab for ``cluster`` that outlives this process (see the module doc).
 
     A crashed lab of the same name is removed first; a running one is an error.
     On failure (or SIGTERM/SIGINT) everything built so far is removed again.
+    ``progress``, when given, is called with a short status as the namespaces, the nodes'
+    rules and the reply servers come up (e.g. :meth:`dataplane.progress.Progress.update`).
     """
     check_name(name)
     require_root()
@@ -92,13 +127,19 @@ def lab_up(cluster: Cluster, *, name: str = DEFAULT_LAB_NAME, backend: Optional[
             raise LabError(f"network namespace {ns} exists and is not part of lab {name}; "
                            "choose another --name")
     proc: Optional[subprocess.Popen] = None
+    namespaces = list(cl.lab.namespaces)
     try:
-        cl.start(serve=False)
+        with _counting(progress, "creating namespaces", len(namespaces), _existing(namespaces)):
+            cl.start(serve=False)
+        if progress is not None:
+            progress(f"loading the rules of {len(layout.nodes)} node(s), {', '.join(layout.families)}")
         cl.apply(cluster)
         specs = cl.server_specs()
         update_state(path, lab=name, backend=cl.mode, families=list(layout.families), servers=specs,
                      ready=False, summary=layout_summary(cl))
         if specs:
+            if progress is not None:
+                progress(f"starting the reply servers of {len(specs)} pod(s) and node(s)")
             proc = _spawn_server(path)
             update_state(path, server_pid=proc.pid)
             _await_ready(proc)

@@ -7,6 +7,8 @@ difference: the chains and map elements of the Services that changed, in one
 transaction per table. If the record is missing or stale, or the kernel's copy
 changed since (drift), it applies everything.
 
+:func:`dry_run_cluster` finds what ``apply_cluster`` would send, the same way, and sends nothing.
+
 Every entry point holds the namespace's lock (:mod:`dataplane.runtime.nslock`) while it
 reads and changes the namespace, waiting up to ``lock_timeout`` seconds for
 another apply or cleanup to finish.
@@ -17,13 +19,16 @@ import dataclasses
 import os
 import pickle
 import tempfile
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..backends import Backend, backend_for, backend_names, get_backend
 from ..compiler import CompileResult
 from ..model import Cluster
 from .nslock import DEFAULT_LOCK_TIMEOUT, netns_lock
 from ..plan import Family, Mode
+
+if TYPE_CHECKING:
+    from .proxier import SyncResult
 
 STATE_DIR = "/run/kube-dataplane"
 _STATE_VERSION = 3  # 2: per-Service fragments in the record; 3: with the kernel's fingerprint
@@ -132,13 +137,16 @@ def apply_cluster(ns: str, cluster: Cluster, node: str, *, backend: Optional[Mod
         return _apply_cluster(ns, cluster, node, backend=chosen, family=family, full=full)
 
 
-def _apply_cluster(ns: str, cluster: Cluster, node: str, *, backend: Backend, family: Family, full: bool):
-    """:func:`apply_cluster`, the namespace lock held."""
+def _restored_proxier(ns: str, cluster: Cluster, node: str, *, backend: Backend, family: Family, full: bool,
+                      runner):
+    """A Proxier for ``node`` that trusts the namespace's record when it has one and the kernel
+    still matches it (then its next sync is partial); with the record's fingerprint, the
+    generation the drift check holds for, and what drifted ("" if nothing). Reads only."""
     from . import drift
-    from .proxier import NetnsRunner, Proxier
+    from .proxier import Proxier
 
     mode = backend.name
-    proxier = Proxier(node, backend=mode, family=family, cluster=cluster, runner=NetnsRunner(ns))
+    proxier = Proxier(node, backend=mode, family=family, cluster=cluster, runner=runner)
     record = None if full else _load_record(ns, mode, family)
     seen, checked, drifted = None, None, ""
     if record is not None:
@@ -149,6 +157,50 @@ def _apply_cluster(ns: str, cluster: Cluster, node: str, *, backend: Backend, fa
             drifted = f"could not compare the kernel's rules with the last sync ({e.strerror})"
         if not drifted:
             proxier.restore_installed(installed)
+    return proxier, seen, checked, drifted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DryRun:
+    """What :func:`apply_cluster` would do now, found without changing anything."""
+
+    #: The sync it would make: its ``kind`` ("full", "partial" or "none"), ``text`` (the update the
+    #: Proxier would hand the backend), ``plan`` and ``changed``.
+    sync: "SyncResult"
+    #: The exact input the backend's tool would get (``iptables-restore`` input as rewritten for
+    #: the tables as they are now, or the ``nft -f`` script); "" when nothing would be sent.
+    transaction: str
+    #: Why the sync would be full though a record exists ("drift repaired: ..."), else "".
+    drift: str = ""
+
+
+def dry_run_cluster(ns: str, cluster: Cluster, node: str, *, backend: Optional[Mode] = None,
+                    family: Family = "ipv4", full: bool = False,
+                    lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> DryRun:
+    """What :func:`apply_cluster` with the same arguments would send to ``ns`` now (full or
+    partial, decided from the namespace's record as apply decides), without sending anything,
+    changing the record or any sysctl. Holds the namespace's lock only while reading."""
+    from . import netns
+
+    chosen = backend_for(backend, cluster.proxy_config)
+    netns.require_netns(ns)
+    with netns_lock(ns, lock_timeout):
+        proxier, _seen, _checked, drifted = _restored_proxier(ns, cluster, node, backend=chosen, family=family,
+                                                             full=full, runner=None)
+        result = proxier.sync(full=full)
+        transaction = chosen.transaction(ns, result.text, family=family, full=result.kind == "full") \
+            if result.text else ""
+    return DryRun(result, transaction, f"drift repaired: {drifted}" if drifted else "")
+
+
+def _apply_cluster(ns: str, cluster: Cluster, node: str, *, backend: Backend, family: Family, full: bool):
+    """:func:`apply_cluster`, the namespace lock held."""
+    from . import drift
+    from .proxier import NetnsRunner
+
+    mode = backend.name
+    proxier, seen, checked, drifted = _restored_proxier(ns, cluster, node, backend=backend, family=family,
+                                                         full=full, runner=NetnsRunner(ns))
     forget(ns, mode, family)  # until this sync is known to be in the kernel
     result = proxier.sync(full=full)
     leftovers = _remove_leftovers(ns, backend, family, result.plan.sysctls)

@@ -42,6 +42,7 @@ __all__ = [
     "memfd_text",
     "apply_iptables",
     "apply_nftables",
+    "apply_nftables_partial",
     "set_sysctls",
     "read_back",
     "read_back_iptables",
@@ -482,6 +483,38 @@ def apply_nftables(ns: str, script: str, *, lock_timeout: Optional[float] = DEFA
             f"nothing was changed: {proc.stderr.strip()}",
             stderr=proc.stderr,
         )
+
+
+def apply_nftables_partial(ns: str, script: str, *,
+                           lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> str:
+    """Load a partial-update script as one transaction without ``nft``'s cache when it can.
+
+    The script is translated into one nf_tables netlink batch (:mod:`dataplane.runtime.nftnl`)
+    and committed from a socket opened inside ``ns``; a script holding anything the
+    translation does not cover goes through :func:`apply_nftables` instead. Either way the
+    kernel takes all of it or nothing (:class:`ApplyError`). Returns the path taken:
+    ``"netlink"`` or ``"nft"``. Runs under the namespace's lock.
+    """
+    from dataplane.runtime import nftnl
+
+    require_netns(ns)
+    try:
+        batch = nftnl.compile_update(script)
+    except nftnl.Unsupported:
+        apply_nftables(ns, script, lock_timeout=lock_timeout)
+        return "nft"
+    with netns_lock(ns, lock_timeout):
+        try:
+            with in_netns(ns):
+                nftnl.send(batch, f" in network namespace {ns}")
+            return "netlink"
+        except nftnl.Unsupported:
+            pass
+        except OSError as e:
+            raise ApplyError(f"nf_tables batch in network namespace {ns}: {e.strerror}; "
+                             "nothing was changed") from e
+    apply_nftables(ns, script, lock_timeout=lock_timeout)
+    return "nft"
 
 
 def _nft_objects(ns: str, *listing: str) -> list[tuple[str, dict]]:

@@ -1,8 +1,11 @@
 """A long-lived proxier for embedding: takes changes, syncs the smallest update.
 
 :class:`Proxier` keeps the cluster state one node needs (Services,
-EndpointSlices, its Node, the proxy settings). Changes mark Services dirty;
-:meth:`Proxier.sync` re-plans and re-renders only those, and produces
+EndpointSlices, its Node, the proxy settings). Changes mark Services in a
+:class:`~dataplane.runtime.changes.ChangeTracker` (kube-proxy's change trackers:
+per Service what it was at the last sync and what it is now, a change undone
+before the sync dropping out); :meth:`Proxier.sync` re-plans the marked
+Services, re-renders only those that changed, and produces
 
 * nftables: a transaction that rewrites only the changed service ports'
   chains and adds/deletes only the map elements that changed (kube-proxy's
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Protocol, Sequence
 
 from ..backends import DEFAULT_BACKEND, get_backend
+from .changes import ChangeTracker
 from .conntrack import ConntrackDelete, stale_changes, stale_entries
 from ..errors import DataplaneError
 from .nslock import DEFAULT_LOCK_TIMEOUT
@@ -180,15 +184,14 @@ class Proxier:
         self._cluster_ip_holders: dict[str, set[_Key]] = {}  # ClusterIP -> Services allocated it
         self._owners: dict[str, _Key] = {}  # ClusterIP -> its Service (the first holder by key)
         self._claimants: dict[str, set[_Key]] = {}  # externalIP / LB IP -> Services claiming it
-        self._dirty: set[_Key] = set()
+        # Services marked by changes (pending), and per Service its plans at the last sync and
+        # now; all_changed: the node context changed, every Service counts as changed
+        self._changes: ChangeTracker[_Key, _Plans] = ChangeTracker()
         self._plans: dict[_Key, _Plans] = {}
-        # Services re-planned since the last sync -> their plans then (None: none);
-        # _all_changed: the node context changed, every Service counts as changed
-        self._changed: dict[_Key, Optional[_Plans]] = {}
-        self._all_changed = False
         self._order: Optional[list[_Key]] = None  # sorted keys of _plans
         self._endpoints = 0  # endpoints over every service port (the backend's large-cluster rule)
-        self._frags: dict[_Key, tuple] = {}  # rendered fragments of _plans, for _frag_context
+        # the rendered fragments of the plans at the last sync, and the render context they are for
+        self._frags: dict[_Key, tuple] = {}
         self._frag_context: Optional[tuple] = None
         self._ctx: Optional[NodeContext] = None
         self._base: Optional[NodePlan] = None  # the node-level plan (no services) of _ctx
@@ -216,13 +219,13 @@ class Proxier:
     def set_service(self, svc: Service) -> None:
         self._reindex(svc.key, self._services.get(svc.key), svc)
         self._services[svc.key] = svc
-        self._dirty.add(svc.key)
+        self._changes.mark(svc.key)
 
     def delete_service(self, namespace: str, name: str) -> None:
         old = self._services.pop((namespace, name), None)
         if old is not None:
             self._reindex(old.key, old, None)
-        self._dirty.add((namespace, name))
+        self._changes.mark((namespace, name))
 
     def _reindex(self, key: _Key, old: Optional[Service], new: Optional[Service]) -> None:
         """Update the ClusterIP and claim indexes for a Service going from ``old`` to ``new``
@@ -241,7 +244,7 @@ class Proxier:
                 else:
                     del self._cluster_ip_holders[ip]
                     self._owners.pop(ip, None)
-                self._dirty.update(self._claimants.get(ip, ()))
+                self._changes.mark_many(self._claimants.get(ip, ()))
         was = claimed_ips(old) if old is not None else ()
         now = claimed_ips(new) if new is not None else ()
         if was != now:
@@ -262,7 +265,7 @@ class Proxier:
         if eps.service_name:
             svc = (eps.namespace, eps.service_name)
             self._slices_by_service.setdefault(svc, set()).add(key)
-            self._dirty.add(svc)
+            self._changes.mark(svc)
 
     def delete_endpoint_slice(self, namespace: str, name: str) -> None:
         old = self._slices.pop((namespace, name), None)
@@ -272,7 +275,7 @@ class Proxier:
     def _unlink(self, key: tuple[str, str], eps: EndpointSlice) -> None:
         svc = (eps.namespace, eps.service_name or "")
         self._slices_by_service.get(svc, set()).discard(key)
-        self._dirty.add(svc)
+        self._changes.mark(svc)
 
     def set_node(self, node: Node) -> None:
         """A Node changed; this node's addresses or labels change everything."""
@@ -294,8 +297,7 @@ class Proxier:
     def _invalidate(self) -> None:
         self._ctx = None
         self._base = None
-        self._all_changed = True
-        self._dirty = set(self._services) | set(self._plans)
+        self._changes.mark_all(set(self._services) | set(self._plans))
 
     def cluster(self) -> Cluster:
         """The current state as a :class:`Cluster`."""
@@ -314,27 +316,26 @@ class Proxier:
         return self._ctx
 
     def _replan(self, ctx: NodeContext) -> None:
-        """Plan the dirty Services again; remember what each was at the last sync."""
+        """Plan the pending Services again and record each in the change tracker (which keeps
+        what it was at the last sync and drops a change that came back to it)."""
         from ..plan import slices_by_service
 
-        for key in self._dirty:
+        for key in self._changes.pending:
+            svc = self._services.get(key)
+            new: Optional[_Plans] = None
+            if svc is not None:  # planned before anything changes: planning may raise
+                slices = [self._slices[k] for k in sorted(self._slices_by_service.get(key, ()), key=lambda k: k[1])]
+                fam = slices_by_service(slices, self.family).get(key, [])
+                new = plan_service(svc, fam, ctx, owners=self._owners)
             old = self._plans.pop(key, None)
-            self._changed.setdefault(key, old)
             if old is not None:
                 self._endpoints -= sum(len(p.endpoints) for p in old[0])
-            svc = self._services.get(key)
-            if svc is None:
-                if old is not None:
-                    self._order = None
-                continue
-            slices = [self._slices[k] for k in sorted(self._slices_by_service.get(key, ()), key=lambda k: k[1])]
-            fam = slices_by_service(slices, self.family).get(key, [])
-            new = plan_service(svc, fam, ctx, owners=self._owners)
-            self._plans[key] = new
-            self._endpoints += sum(len(p.endpoints) for p in new[0])
-            if old is None:
+            if new is not None:
+                self._plans[key] = new
+                self._endpoints += sum(len(p.endpoints) for p in new[0])
+            if (old is None) != (new is None):
                 self._order = None
-        self._dirty.clear()
+            self._changes.update(key, old, new)
 
     def _keys(self) -> list[_Key]:
         if self._order is None:
@@ -347,10 +348,6 @@ class Proxier:
         warnings = chain.from_iterable([w for _, w in planned if w])
         return assemble(ctx, services, warnings)
 
-    def _all_fragments(self) -> tuple:
-        """Every current fragment, in plan order."""
-        return tuple(chain.from_iterable(map(self._frags.__getitem__, self._keys())))
-
     def plan(self) -> NodePlan:
         """The node plan for the current state."""
         ctx = self._context()
@@ -362,16 +359,23 @@ class Proxier:
         assert base is not None
         return tuple(self._renderer.fragment(p, base, large) for p in self._plans[key][0])
 
-    def _render_changed(self, context: tuple) -> None:
-        """Bring the fragments up to date: only the changed Services', unless the context changed."""
+    def _render_changes(self, context: tuple) -> dict[_Key, tuple]:
+        """The fragments of the Services the tracker holds as changed (``()``: gone), or of every
+        Service when the render context changed. Nothing is kept: :meth:`_commit` keeps them
+        once the sync has its text, so a sync that raises leaves the fragments of the last one."""
         large = self.backend.large_cluster(self._endpoints)
         if context != self._frag_context:
-            self._frags = {key: self._render(key, large) for key in self._plans}
-            self._frag_context = context
+            return {key: self._render(key, large) for key in self._plans}
+        return {key: self._render(key, large) if key in self._plans else () for key in self._changes.changes()}
+
+    def _commit(self, context: tuple, fresh: dict[_Key, tuple]) -> None:
+        """Keep the fragments :meth:`_render_changes` gave for ``context``."""
+        if context != self._frag_context:
+            self._frags, self._frag_context = fresh, context
             return
-        for key in self._changed:
+        for key, frags in fresh.items():
             if key in self._plans:
-                self._frags[key] = self._render(key, large)
+                self._frags[key] = frags
             else:
                 self._frags.pop(key, None)
 
@@ -387,11 +391,24 @@ class Proxier:
         self._replan(ctx)
         plan = self._assemble(ctx)
         context = self._render_context(plan)
-        self._render_changed(context)
+        fresh = self._render_changes(context)
+        replaced = context != self._frag_context
+
+        def frags_of(key: _Key) -> tuple:
+            """A planned Service's current fragments."""
+            return fresh[key] if replaced or key in fresh else self._frags[key]
+
+        def all_fragments() -> tuple:
+            """Every current fragment, in plan order."""
+            current = fresh if replaced else self._frags | fresh if fresh else self._frags
+            return tuple(chain.from_iterable(map(current.__getitem__, self._keys())))
+
         old = self._installed
+        changes = self._changes.changes()
+        all_changed = self._changes.all_changed
         full = full or old is None or old.context != context or self._resync_due()
         if full:
-            frags = self._all_fragments()
+            frags = all_fragments()
             kind: SyncKind = "full"
             text = self._renderer.full_text(plan, frags, old.by_service if old is not None else None)
             changed = len(frags)
@@ -399,24 +416,25 @@ class Proxier:
         else:
             assert old is not None
             # after load() or a node change every Service may differ from what the kernel holds
-            keys = set(self._frags) | set(old.by_service) if self._all_changed else self._changed
+            keys = set(self._plans) | set(old.by_service) if all_changed else changes
             removed, added = [], []
-            for key in keys:
-                was, now = old.by_service.get(key, ()), self._frags.get(key, ())
+            for key in sorted(keys):  # in key order: the same update in every process (apply --dry-run)
+                was = old.by_service.get(key, ())
+                now = frags_of(key) if key in self._plans else ()
                 if was is not now:
                     removed += [f for f in was if f not in now]
                     added += [f for f in now if f not in was]
-            text = self._renderer.partial_text(plan, self._all_fragments, old.by_service, removed, added)
+            text = self._renderer.partial_text(plan, all_fragments, old.by_service, removed, added)
             kind = "partial" if text else "none"
             changed = len(added)
-            if self._all_changed:
+            if all_changed:
                 conntrack = tuple(stale_entries(old.plan, plan))
             else:
-                before = [p for v in self._changed.values() if v is not None for p in v[0]]
-                after = [p for key in self._changed if key in self._plans for p in self._plans[key][0]]
+                before = [p for c in changes.values() if c.previous is not None for p in c.previous[0]]
+                after = [p for c in changes.values() if c.current is not None for p in c.current[0]]
                 conntrack = tuple(stale_changes(plan.family, before, after))
-        self._changed = {}
-        self._all_changed = False
+        self._commit(context, fresh)
+        self._changes.checkout()
         if self.runner is not None and text:
             self._installed = None  # if apply fails (or is interrupted), resync fully next time
             try:
