@@ -225,41 +225,13 @@ def add_address(lab: Lab, member: str, address: str, *, deprecated: bool = False
 
 def send_and_capture(lab: Lab, sender: str, packet: bytes, dst: str, capture: tuple[str, str],
                      match, *, timeout: float = 0.5):
-    """Send one crafted IPv4/IPv6 packet (e.g. ``bytes(IP()/TCP())`` built with scapy) through
-    a raw socket opened in ``sender``'s namespace, and return the first frame received on
-    ``capture = (member, ifname)`` (parsed as scapy ``Ether``) for which ``match(frame)`` is
-    true, or None when none arrives within ``timeout``. scapy only builds and parses: the
-    sockets are stdlib sockets opened in the right namespaces."""
-    import socket
-    import time
+    """Send one crafted IPv4/IPv6 packet (e.g. ``bytes(IP()/TCP())`` built with scapy) from
+    lab member ``sender`` and return the first frame on ``capture = (member, ifname)`` that
+    ``match`` accepts, or None (:func:`dataplane.lab.sctp.send_and_capture` with the lab's
+    namespaces)."""
+    from dataplane.lab.sctp import send_and_capture as send
 
-    from scapy.layers.l2 import Ether
-
-    from dataplane.runtime.netns import in_netns
-
-    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    cap_ns, ifname = capture
-    with in_netns(lab.ns(cap_ns)):
-        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    with cap:
-        cap.bind((ifname, 0))
-        with in_netns(lab.ns(sender)):
-            raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        with raw:
-            raw.sendto(packet, (dst, 0))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            cap.settimeout(left)
-            try:
-                frame, addr = cap.recvfrom(65535)
-            except (TimeoutError, socket.timeout):
-                return None
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue
-            p = Ether(frame)
-            if match(p):
-                return p
-    return None
+    return send(lab.ns(sender), packet, dst, (lab.ns(capture[0]), capture[1]), match, timeout=timeout)
 
 
 def canonical_rules(ns: str, backend: str) -> str:

@@ -8,7 +8,7 @@ import selectors
 import socket
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..runtime.netns import in_netns
 from .icmp import sctp_icmp_error
@@ -73,7 +73,6 @@ def sctp_probe(
     """
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
-    from scapy.layers.l2 import Ether
     from scapy.layers.sctp import SCTP, SCTPChunkInit
 
     fam = socket_family(dst)
@@ -83,15 +82,34 @@ def sctp_probe(
     pkt = l3 / SCTP(sport=sp, dport=dport, tag=0) / SCTPChunkInit(
         init_tag=tag, a_rwnd=65535, n_out_streams=1, n_in_streams=1, init_tsn=1
     )
+    p = send_and_capture(client_ns, bytes(pkt), dst, capture,
+                         lambda f: SCTP in f and SCTPChunkInit in f and f[SCTPChunkInit].init_tag == tag,
+                         timeout=timeout)
+    if p is None:
+        return None
+    l3p = p[IPv6] if IPv6 in p else p[IP]
+    return SctpSeen(str(l3p.src), str(l3p.dst), int(p[SCTP].sport), int(p[SCTP].dport), tag)
+
+
+def send_and_capture(sender_ns: str, packet: bytes, dst: str, capture: tuple[str, str],
+                     match: Callable[[Any], bool], *, timeout: float = 1.0) -> Optional[Any]:
+    """Send one crafted IPv4/IPv6 ``packet`` (built with scapy) to ``dst`` through a raw IP socket
+    opened in namespace ``sender_ns``, and return the first frame received on ``capture =
+    (namespace, ifname)`` (an AF_PACKET socket; parsed as scapy ``Ether``) for which
+    ``match(frame)`` is true, or None when none arrives within ``timeout``. Frames the
+    interface sends are ignored. scapy only builds and parses; the sockets are the stdlib's."""
+    from scapy.layers.l2 import Ether
+
+    fam = socket_family(dst)
     cap_ns, ifname = capture
     with in_netns(cap_ns):
         cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
     with cap:
         cap.bind((ifname, 0))
-        with in_netns(client_ns):
+        with in_netns(sender_ns):
             raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
         with raw:
-            raw.sendto(bytes(pkt), (dst, 0))
+            raw.sendto(packet, (dst, 0))
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             cap.settimeout(left)
@@ -102,10 +120,8 @@ def sctp_probe(
             if addr[2] == socket.PACKET_OUTGOING:
                 continue
             p = Ether(frame)
-            if SCTP not in p or SCTPChunkInit not in p or p[SCTPChunkInit].init_tag != tag:
-                continue
-            l3p = p[IPv6] if IPv6 in p else p[IP]
-            return SctpSeen(str(l3p.src), str(l3p.dst), int(p[SCTP].sport), int(p[SCTP].dport), tag)
+            if match(p):
+                return p
     return None
 
 
