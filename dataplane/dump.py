@@ -49,7 +49,9 @@ from yaml.resolver import Resolver
 __all__ = ["dump_objects", "dump_yaml", "dump_json", "no_alias_dumper"]
 
 _WIDTH = 80  # the emitter's best_width
-_MAX_SIMPLE_KEY = 128  # check_simple_key: a longer key is written as "? key"
+# check_simple_key: a key is simple while its length plus its prepared tag ("!!str", 5) stays
+# under 128; a longer key is written as "? key"
+_MAX_SIMPLE_KEY = 128 - len("!!str")
 _STR_TAG = "tag:yaml.org,2002:str"
 # Names, IPs, UIDs, paths: starts with a letter or digit, then only letters, digits and . _ / -
 _SIMPLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*\Z").match
@@ -328,7 +330,8 @@ def _emit_document(obj: Any, styles: _Styles) -> Optional[str]:
 
 def _c_safe(obj: Any, styles: _Styles) -> bool:
     """True if libyaml writes ``obj`` exactly as the pure emitter does: no string needing double
-    quotes (libyaml folds those differently) and no empty key; mappings and sequences at the root."""
+    quotes (libyaml folds those differently), no empty key and no key long enough to be written
+    "? key" (libyaml's limit differs); mappings and sequences at the root."""
     if type(obj) not in (dict, list):
         return False
     stack = [obj]
@@ -337,7 +340,7 @@ def _c_safe(obj: Any, styles: _Styles) -> bool:
         kind = type(item)
         if kind is dict:
             for key, value in item.items():
-                if type(key) is str and (not key or styles.style(key, True) == '"'):
+                if type(key) is str and (not key or len(key) >= _MAX_SIMPLE_KEY or styles.style(key, True) == '"'):
                     return False
                 stack.append(value)
         elif kind is list:

@@ -156,3 +156,13 @@ def test_cli_allocate_prints_what_the_reference_dumpers_print(tmp_path, fmt):
     want = reference_yaml(objects) if fmt == "yaml" else reference_json({"apiVersion": "v1", "kind": "List",
                                                                            "items": objects})
     assert out.read_text() == want
+
+
+@pytest.mark.parametrize("length", [121, 122, 123, 124, 127, 128, 300])
+@pytest.mark.parametrize("fill", ["a", "a "])
+def test_long_keys_are_written_as_pyyaml_writes_them(length, fill):
+    """A label or annotation key may be 317 characters; PyYAML writes one of 123 or more as a
+    complex key ("? key"), counting the key's "!!str" tag (found by the property test above)."""
+    key = (fill * length)[:length - 1] + "x"
+    objects = [{"metadata": {"labels": {key: "v"}, "annotations": {key + " ": None}}}]
+    assert dump_yaml(objects) == reference_yaml(objects)

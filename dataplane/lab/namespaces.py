@@ -54,7 +54,9 @@ def conntrack_entries(
     return ctnetlink.list_entries(ns, family, proto)
 
 
-def _write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
+def write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path``: a temporary file renamed over it, so a reader sees the old
+    or the new content, never a part."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2)
@@ -194,7 +196,7 @@ class Lab:
     def _write_state(self) -> None:
         if not self.state_file:
             return
-        _write_json_atomic(
+        write_json_atomic(
             self.state_file,
             {
                 "kind": STATE_KIND,

@@ -16,7 +16,7 @@ from ..runtime.apply import STATE_DIR
 from ..runtime.netns import NETNS_DIR
 from ..errors import LabError
 from .cluster import forget_namespace
-from .namespaces import STATE_KIND, Lab
+from .namespaces import STATE_KIND, Lab, write_json_atomic
 
 __all__ = ["LABS_DIR", "DEFAULT_LAB_NAME", "SERVER_MODULE", "require_root", "state_path", "check_name",
            "read_state", "update_state", "is_our_server", "remove_lab", "sweep_orphans", "LabInfo", "list_labs"]
@@ -68,11 +68,7 @@ def update_state(path: str, **values: Any) -> None:
     if state is None:
         raise LabError(f"{path}: the lab's state file disappeared")
     state.update(values)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, state)
 
 
 def _alive(pid: int) -> bool:
