@@ -131,6 +131,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                    help="JSON file keeping allocations across runs (created if missing)")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default yaml)")
     p.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of stdout")
+    p.add_argument("-j", "--jobs", type=_jobs, default=0, metavar="N",
+                   help="processes validating and printing a large cluster (default: one per CPU)")
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("endpoints", help="print the EndpointSlices the controller derives from Pods",
@@ -285,17 +287,26 @@ def _files_text(files: Sequence[str]) -> str:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from .controllers.allocation import AllocationState, fill_documents
+    from .controllers.allocation import AllocationResult, AllocationState, fill_documents
+    from .model import Cluster
+    from .parallel_allocate import allocate_sharded
 
-    docs, cluster = _load_docs(args.files)
-    state = None
-    if args.state and os.path.exists(args.state):
-        state = AllocationState.load(args.state)
-    result = allocate(cluster, args, state)
-    _write_output(_dump(fill_documents(docs, result), args.format), args.output)
+    def allocate_validated(cluster: Cluster) -> AllocationResult:  # (the state is read once the input is valid)
+        state = AllocationState.load(args.state) if args.state and os.path.exists(args.state) else None
+        return allocate(cluster, args, state)
+
+    docs = _read(args.files)
+    workers = args.jobs or len(os.sched_getaffinity(0))
+    sharded = allocate_sharded(docs, args.format, workers, allocate_validated) if workers > 1 else None
+    if sharded is not None:  # (large, valid input without warnings, validated and printed by several processes)
+        text, result = sharded
+    else:
+        result = allocate_validated(_validate(docs))
+        text = _dump(fill_documents(docs, result), args.format)
+    _write_output(text, args.output)
     if args.state:
         result.state.save(args.state)
-    args.retained = (docs, cluster, result)  # freed by the exit (see run)
+    args.retained = (docs, result)  # freed by the exit (see run)
     return 0
 
 

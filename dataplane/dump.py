@@ -46,7 +46,7 @@ from yaml.emitter import Emitter
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
-__all__ = ["dump_objects", "dump_yaml", "dump_json", "no_alias_dumper"]
+__all__ = ["dump_objects", "dump_yaml", "dump_json", "no_alias_dumper", "splittable", "dump_part", "join_parts"]
 
 _WIDTH = 80  # the emitter's best_width
 # check_simple_key: a key is simple while its length plus its prepared tag ("!!str", 5) stays
@@ -65,6 +65,40 @@ def dump_objects(objects: Sequence[Any], fmt: str) -> str:
             return dump_json(objects[0])
         return dump_json({"apiVersion": "v1", "kind": "List", "items": list(objects)})
     return dump_yaml(objects)
+
+
+def splittable(objects: Sequence[Any], fmt: str) -> bool:
+    """Whether :func:`dump_objects` of ``objects`` can be written in parts (:func:`dump_part`,
+    :func:`join_parts`): at least two objects, each a mapping or sequence (a scalar document
+    changes the whole YAML stream; one object is written as itself in JSON, not in a List)."""
+    return len(objects) >= 2 and all(type(obj) is dict or type(obj) is list for obj in objects)
+
+
+def dump_part(objects: Sequence[Any], fmt: str, *, first: bool) -> str:
+    """The text of a contiguous, non-empty run of the objects :func:`dump_objects` writes, for
+    :func:`join_parts`; ``first``: the run starts the output. For :func:`splittable` objects,
+    ``join_parts([dump_part(objects[a:b], fmt, first=a == 0) for a, b in runs], fmt)`` equals
+    ``dump_objects(objects, fmt)`` for any cut of ``objects`` into runs, in order; parts may be
+    written by different processes."""
+    if not objects:
+        raise ValueError("dump_part needs at least one object")
+    if fmt == "json":
+        # json.dumps writes a list's items one level deeper than a List's items: two spaces more,
+        # on every line (JSON strings hold no line break)
+        text = dump_json(list(objects))
+        return "    " + text[len("[\n  "):-len("\n]\n")].replace("\n", "\n  ")
+    return _yaml_documents(objects, _Styles(), first)
+
+
+_LIST_HEAD = '{\n  "apiVersion": "v1",\n  "kind": "List",\n  "items": [\n'
+_LIST_TAIL = "\n  ]\n}\n"
+
+
+def join_parts(parts: Sequence[str], fmt: str) -> str:
+    """The output of :func:`dump_objects` from the :func:`dump_part` texts of its runs, in order."""
+    if fmt == "json":
+        return _LIST_HEAD + ",\n".join(parts) + _LIST_TAIL
+    return "".join(parts)
 
 
 # ------------------------------------------------------------------------ JSON
@@ -171,6 +205,10 @@ class _Styles:
             for first, resolvers in Resolver.yaml_implicit_resolvers.items() if first is not None
         }
         self.values: dict[str, Optional[str]] = {}  # text -> as written as a value (None: not fast)
+        # text without a space (never folded) -> " " + as written + "\n", the rest of its line after
+        # "key:" or "-"; only strings the fast writer writes
+        self.lines: dict[str, str] = {}
+        self.heads: dict[tuple, tuple[str, ...]] = {}  # see mapping_heads
         self.keys: dict[str, Optional[str]] = {}  # text -> as written as a simple key + ":" (None: not fast)
 
     def style(self, text: str, key: bool) -> str:
@@ -208,6 +246,39 @@ class _Styles:
         except KeyError:
             out = self.values[text] = self._render(text, False)
             return out
+
+    def mapping_heads(self, shape: tuple) -> tuple[str, ...]:
+        """For a mapping's ``(first, indent, *keys)``: the start of each key's line (``first`` or the
+        indentation, then the key and ``:``), then the indentation; _Hard if a key is not a simple
+        string key the fast writer writes. Cached in :attr:`heads`."""
+        first, indent, *keys = shape
+        pad = " " * indent
+        heads = []
+        for key in keys:
+            text = self.key(key) if type(key) is str else None
+            if text is None:
+                raise _Hard
+            heads.append((first if not heads else pad) + text)
+        out = self.heads[shape] = (*heads, pad)
+        return out
+
+    def line(self, text: str, column: int) -> str:
+        """`` value\\n``: the rest of a line whose string value starts after a space at ``column``
+        (after ``key:`` or ``-``); _Hard if the value is not written fast, or may be folded there."""
+        if _SIMPLE(text):  # (most strings, and most are met once: _render's first case, inline)
+            implicit = self._implicit.get(text[0])
+            line = self.lines[text] = (" " + text + "\n" if implicit is None or implicit(text) is None
+                                       else " '" + text + "'\n")
+            return line
+        value = self.value(text)
+        if value is None:
+            raise _Hard
+        if " " in text:
+            if column + 1 + len(value) > _WIDTH:  # the emitter may fold it
+                raise _Hard
+            return " " + value + "\n"
+        line = self.lines[text] = " " + value + "\n"
+        return line
 
     def key(self, text: str) -> Optional[str]:
         """A simple mapping key as the emitter writes it, with its ``:`` (None: leave it to PyYAML)."""
@@ -254,21 +325,16 @@ def _scalar(value: Any, column: int, styles: _Styles) -> str:
 
 def _mapping(obj: dict, indent: int, first: str, out: list[str], styles: _Styles) -> None:
     """A non-empty block mapping at ``indent``; ``first`` precedes its first key (``- `` in a sequence)."""
-    pad = " " * indent
-    prefix = first
+    shape = (first, indent, *obj)
+    heads = styles.heads.get(shape) or styles.mapping_heads(shape)
+    pad = heads[-1]  # (the last entry: the indentation of the mapping's keys)
     append = out.append
-    keys = styles.keys
-    values = styles.values
-    for key, value in obj.items():
-        if type(key) is not str:
-            raise _Hard
-        text = keys.get(key) or styles.key(key)
-        if text is None:
-            raise _Hard
-        head = prefix + text
-        prefix = pad
+    lines = styles.lines
+    for head, value in zip(heads, obj.values()):
         kind = type(value)
-        if kind is dict:
+        if kind is str:
+            append(head + (lines.get(value) or styles.line(value, len(head))))
+        elif kind is dict:
             if value:
                 append(head + "\n")
                 _mapping(value, indent + 2, pad + "  ", out, styles)
@@ -280,11 +346,10 @@ def _mapping(obj: dict, indent: int, first: str, out: list[str], styles: _Styles
                 _sequence(value, indent, pad, out, styles)  # indentless, as the emitter writes it
             else:
                 append(head + " []\n")
-        elif kind is str:
-            text = values.get(value) or styles.value(value)
-            if text is None or (len(head) + 1 + len(text) > _WIDTH and " " in value):  # may be folded
-                raise _Hard
-            append(head + " " + text + "\n")
+        elif value is True:
+            append(head + " true\n")
+        elif value is False:
+            append(head + " false\n")
         else:
             append(head + " " + _scalar(value, len(head) + 1, styles) + "\n")
 
@@ -294,22 +359,24 @@ def _sequence(items: list, indent: int, first: str, out: list[str], styles: _Sty
     pad = " " * indent
     prefix = first
     append = out.append
+    lines = styles.lines
     for item in items:
-        head = prefix + "- "
-        prefix = pad
         kind = type(item)
-        if kind is dict:
+        if kind is str:  # "- " + the item: the line a mapping writes after "key:", behind a "-"
+            append(prefix + "-" + (lines.get(item) or styles.line(item, len(prefix) + 1)))
+        elif kind is dict:
             if item:
-                _mapping(item, indent + 2, head, out, styles)
+                _mapping(item, indent + 2, prefix + "- ", out, styles)
             else:
-                append(head + "{}\n")
+                append(prefix + "- {}\n")
         elif kind is list:
             if item:
-                _sequence(item, indent + 2, head, out, styles)
+                _sequence(item, indent + 2, prefix + "- ", out, styles)
             else:
-                append(head + "[]\n")
+                append(prefix + "- []\n")
         else:
-            append(head + _scalar(item, len(head), styles) + "\n")
+            append(prefix + "- " + _scalar(item, len(prefix) + 2, styles) + "\n")
+        prefix = pad
 
 
 def _emit_document(obj: Any, styles: _Styles) -> Optional[str]:
@@ -358,16 +425,24 @@ def dump_yaml(objects: Sequence[Any]) -> str:
     if any(type(obj) not in (dict, list) for obj in objects):
         # A scalar document makes the stream open-ended ("..."): leave the whole stream to PyYAML.
         return _pyyaml_dump(objects, c=False)
-    styles = _Styles()
+    return _yaml_documents(objects, _Styles(), True)
+
+
+def _yaml_documents(objects: Sequence[Any], styles: _Styles, first: bool) -> str:
+    """Mapping or sequence documents as ``dump_all`` writes them in a stream, from its first
+    document (``first``) or from a later one (each then starts with ``---``)."""
     parts: list[str] = []
-    for i, obj in enumerate(objects):
+    append = parts.append
+    for obj in objects:
         text = _emit_document(obj, styles)
         if text is None:
             if not obj:  # {} or []: a flow collection, on the document start line after the first
                 text = "{}\n" if type(obj) is dict else "[]\n"
             else:
                 text = _pyyaml_dump([obj], c=_c_safe(obj, styles))
-        if i:
-            parts.append("--- " if not obj else "---\n")
-        parts.append(text)
+        if first:
+            first = False
+        else:
+            append("--- " if not obj else "---\n")
+        append(text)
     return "".join(parts)

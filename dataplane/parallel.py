@@ -8,11 +8,18 @@ process, and lays out the parts in that order: the text and the warnings are
 those of the serial path, because every step it runs per shard is a step the
 serial path runs per Service.
 
+Pods are namespaced and a Service selects Pods of its own namespace only, so a
+shard gets every Pod of the namespaces its Services are in (a namespace whose
+Services two shards share gives its Pods to both; Pods of a namespace without
+Services go to the first shard, which validates them) and derives its Services'
+EndpointSlices with the serial path's controller code (:func:`with_derived_slices`).
+
 Whatever needs the whole input is left to the serial path: this returns None
-(and the caller compiles serially) for input with other kinds of object (Pods,
-Endpoints, kinds the dataplane ignores), objects whose identity it cannot read
+(and the caller compiles serially) for input with other kinds of object
+(Endpoints, kinds the dataplane ignores), objects whose identity it cannot read
 from the raw manifest, duplicates, any problem or warning while validating,
-EndpointSlices that would have to be derived from Pods, an externalIP or
+a derived EndpointSlice whose name another shard may already hold (derived
+names are unique within a namespace: see :func:`_names_may_clash`), an externalIP or
 load-balancer IP that may be another Service's ClusterIP (the allocated ClusterIP
 wins, which takes every Service's ClusterIPs to decide), and errors such as an
 unknown node. The one number shards may need from each other, the endpoint count
@@ -27,13 +34,12 @@ from __future__ import annotations
 import bisect
 import fcntl
 import os
-import pickle
-import struct
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from .backends import get_backend
 from .controllers.endpointslices import with_derived_slices
 from .errors import DataplaneError
+from .forkwork import read_message, write_message
 from .input.cluster import parse_cluster
 from .input.loader import Document
 from .ipaddrs import canonical_ip, is_canonical_ipv4
@@ -57,6 +63,7 @@ PARENT_EXTRA = 0.1
 
 _SERVICE = ("v1", "Service")
 _SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
+_POD = ("v1", "Pod")
 _CONFIG = ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration")
 _SHARED = {("v1", "Node"), _CONFIG}
 
@@ -88,7 +95,7 @@ def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode]
     backend = mine.backend
     decided = backend.settled(mine.endpoint_count)
     own = mine.render(backend.large_cluster(mine.endpoint_count)) if decided else None
-    first = [_read_message(c.results) for c in children]  # a part, an endpoint count, or None
+    first = [read_message(c.results) for c in children]  # a part, an endpoint count, or None
     if any(m is None for m in first):
         return _abandon(children)
     large = backend.large_cluster(mine.endpoint_count + sum(m[1] for m in first))
@@ -97,7 +104,7 @@ def compile_sharded(docs: Sequence[Document], node: str, *, mode: Optional[Mode]
             _send(c.control, b"L" if large else b"S")
     if own is None:
         own = mine.render(large)
-    results = [m[2] if m[0] == "part" else _read_message(c.results) for c, m in zip(children, first)]
+    results = [m[2] if m[0] == "part" else read_message(c.results) for c, m in zip(children, first)]
     _abandon(children)  # (all have sent what they had to)
     if any(r is None for r in results):
         return None
@@ -123,15 +130,24 @@ def _abandon(children: Sequence["_Child"]) -> None:
 def _shards(docs: Sequence[Document], workers: int
             ) -> Optional[tuple[list[list[Document]], list[tuple[tuple[str, str], dict]]]]:
     """The documents of each shard, in input order as the serial path reads them (Nodes and
-    the configuration in every one), and every Service (its key and raw object); or None."""
-    owners: list[Optional[tuple[str, str]]] = []  # per document: its Service's key; None: shared
+    the configuration in every one, each Pod in every shard planning a Service of its
+    namespace), and every Service (its key and raw object); or None."""
+    # per document: its Service's key; None: shared; a namespace (a str): a Pod's
+    owners: list[Union[None, str, tuple[str, str]]] = []
     services: set[tuple[str, str]] = set()
     service_objs: list[tuple[tuple[str, str], dict]] = []
+    slice_names: list[tuple[tuple[str, str], str]] = []  # (owner, name) of each EndpointSlice
     seen: set[tuple] = set()
     for doc in docs:
         obj = doc.obj
         kind = (obj.get("apiVersion"), obj.get("kind"))
-        identity = ("", "") if kind == _CONFIG else _identity(obj)  # one configuration at most
+        if kind == _POD:  # (a Pod given twice goes twice to the same shards, which report it)
+            namespace = _pod_namespace(obj)
+            if namespace is None:
+                return None
+            owners.append(namespace)
+            continue
+        identity = ("", "") if kind == _CONFIG else raw_identity(obj)  # one configuration at most
         if identity is None or (kind, identity) in seen:
             return None
         seen.add((kind, identity))
@@ -145,6 +161,7 @@ def _shards(docs: Sequence[Document], workers: int
             if type(owner) is not str:
                 return None
             owners.append((identity[0], owner))
+            slice_names.append(((identity[0], owner), identity[1]))
         elif kind in _SHARED:
             owners.append(None)
         else:
@@ -158,14 +175,51 @@ def _shards(docs: Sequence[Document], workers: int
     weights = [1 + PARENT_EXTRA, *[1] * (n - 1)]
     bounds = [round(len(order) * sum(weights[:k + 1]) / sum(weights)) for k in range(n)]
     shard_of = {key: bisect.bisect_right(bounds, rank) for rank, key in enumerate(order)}
+    if _names_may_clash(shard_of, slice_names):
+        return None
+    # the shards planning a Service of each namespace (a contiguous run of shards)
+    namespace_shards: dict[str, list[list[Document]]] = {}
     shards: list[list[Document]] = [[] for _ in range(n)]
+    for (namespace, _), k in shard_of.items():
+        held = namespace_shards.setdefault(namespace, [])
+        if not held or held[-1] is not shards[k]:
+            held.append(shards[k])
+    first = [shards[0]]
     for doc, owner in zip(docs, owners):
         if owner is None:
             for shard in shards:
                 shard.append(doc)
+        elif type(owner) is str:  # a Pod: to every shard its namespace's Services are planned in
+            for shard in namespace_shards.get(owner, first):
+                shard.append(doc)
         else:  # a slice of no Service in the input: any shard validates it
             shards[shard_of.get(owner, 0)].append(doc)
     return shards, service_objs
+
+
+# The API server's generateName: the base is the Service's name and "-", cut to 63 - 5
+# characters (see dataplane.controllers.endpointslices.slice_name)
+_DERIVED_BASE = 63 - 5
+
+
+def _names_may_clash(shard_of: dict[tuple[str, str], int],
+                     slice_names: Sequence[tuple[tuple[str, str], str]]) -> bool:
+    """Whether an EndpointSlice derived in one shard may take a name that another shard holds:
+    the serial path gives each derived slice a name not yet used in its namespace, by
+    Services in namespace/name order, and a shard sees only its own slices and Services.
+    A derived name is the Service's name base and five characters, so a clash needs two
+    Services of one namespace whose bases are equal, or an input slice named like another
+    shard's Service's base and five characters; both are read from the raw manifests."""
+    base_shard: dict[tuple[str, str], int] = {}
+    for (namespace, name), k in shard_of.items():
+        base = (namespace, f"{name}-"[:_DERIVED_BASE])
+        if base_shard.setdefault(base, k) != k:
+            return True
+    for owner, name in slice_names:
+        k = base_shard.get((owner[0], name[:-5]))
+        if len(name) > 5 and k is not None and k != shard_of.get(owner, 0):
+            return True
+    return False
 
 
 def _strs(value: Any) -> list[str]:
@@ -217,7 +271,7 @@ def _may_claim_a_cluster_ip(services: Sequence[tuple[tuple[str, str], dict]]) ->
     return False
 
 
-def _identity(obj: dict) -> Optional[tuple[str, str]]:
+def raw_identity(obj: dict) -> Optional[tuple[str, str]]:
     """(namespace, name) as the parser will read them ("default" for an unset namespace), or
     None when the raw metadata is unusual (the serial path then validates and reports it)."""
     metadata = obj.get("metadata")
@@ -227,6 +281,18 @@ def _identity(obj: dict) -> Optional[tuple[str, str]]:
     if type(name) is not str or not name or not (namespace is None or type(namespace) is str):
         return None
     return namespace or "default", name
+
+
+def _pod_namespace(obj: dict) -> Optional[str]:
+    """A Pod's namespace as the parser will read it ("default" when unset or empty); None when
+    the raw metadata is unusual (the serial path then validates and reports it)."""
+    metadata = obj.get("metadata")
+    if type(metadata) is not dict:
+        return None
+    namespace = metadata.get("namespace")
+    if namespace is None or namespace == "":
+        return "default"
+    return namespace if type(namespace) is str else None
 
 
 class _Target:
@@ -245,9 +311,8 @@ class _Shard:
             parsed = parse_cluster(docs)
             if parsed.warnings:
                 raise _Bail()
-            cluster = parsed.cluster
-            if with_derived_slices(cluster) is not cluster:
-                raise _Bail()
+            # (its Pods are every Pod of its Services' namespaces: see _shards)
+            cluster = with_derived_slices(parsed.cluster)
             ctx = node_context(cluster, target.node, family=target.family, mode=target.mode,
                                external_ip_cidrs=target.external_ip_cidrs)
         except DataplaneError:  # InputError among them: the serial path reports it
@@ -307,12 +372,12 @@ def _fork(docs: Sequence[Document], target: _Target,
             shard = _Shard(docs, target)
             count = shard.endpoint_count
             if shard.backend.settled(count):
-                _write_message(results_w, ("part", count, shard.part(shard.backend.large_cluster(count))))
+                write_message(results_w, ("part", count, shard.part(shard.backend.large_cluster(count))))
             else:
-                _write_message(results_w, ("count", count))
+                write_message(results_w, ("count", count))
                 verdict = os.read(control_r, 1)
                 if verdict in (b"L", b"S"):
-                    _write_message(results_w, shard.part(verdict == b"L"))
+                    write_message(results_w, shard.part(verdict == b"L"))
             status = 0
         finally:  # (a _Bail, or anything else, exits without a message)
             os._exit(status)
@@ -326,35 +391,3 @@ def _send(fd: int, data: bytes) -> None:
         os.write(fd, data)
     except BrokenPipeError:  # the child is gone; its missing result says so
         pass
-
-
-def _write_message(fd: int, value: Any) -> None:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(struct.pack("<Q", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _read_message(fd: int) -> Any:
-    """The next message from a child, or None if it sent none (it bailed or died)."""
-    header = _read_exactly(fd, 8)
-    if header is None:
-        return None
-    data = _read_exactly(fd, struct.unpack("<Q", header)[0])
-    if data is None:
-        return None
-    try:
-        return pickle.loads(data)
-    except Exception:
-        return None
-
-
-def _read_exactly(fd: int, n: int) -> Optional[bytes]:
-    chunks = []
-    while n:
-        block = os.read(fd, min(n, 1 << 20))
-        if not block:
-            return None
-        chunks.append(block)
-        n -= len(block)
-    return b"".join(chunks)

@@ -30,7 +30,7 @@ ELLIPSIS = "…"
 TIMEOUT = 300
 
 # The dataplane commands (and other programs) that need root and network namespaces.
-_ROOT_COMMANDS = ("apply", "cleanup", "diff", "lab", "verify")
+_ROOT_COMMANDS = ("apply", "cleanup", "diff", "lab", "sync", "verify")
 _SHELL_SYNTAX = re.compile(r"[|<>&;$`'\"()~*?]")
 
 

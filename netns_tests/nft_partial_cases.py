@@ -23,8 +23,9 @@ NODE4 = Node("n1", (NodeAddress("InternalIP", "192.0.2.1"),))
 NODE6 = Node("n1", (NodeAddress("InternalIP", "2001:db8::1"),))
 
 
-def _slice(name: str, family: str, ips: tuple[str, ...], proto: str = "TCP", local: bool = True) -> EndpointSlice:
-    eps = tuple(Endpoint((ip,), EndpointConditions(True, True, False), node_name="n1" if local else "n2")
+def _slice(name: str, family: str, ips: tuple[str, ...], proto: str = "TCP", local: bool = True,
+           not_ready: tuple[str, ...] = ()) -> EndpointSlice:
+    eps = tuple(Endpoint((ip,), EndpointConditions(ip not in not_ready, True, False), node_name="n1" if local else "n2")
                 for ip in ips)
     return EndpointSlice("ns", f"{name}-1", name, family, eps, (EndpointPort(8080, proto, "p"),))
 
@@ -72,6 +73,11 @@ def steps(family: str) -> list[tuple[str, Callable[[Proxier], None]]]:
         ("affinity", lambda p: (
             p.set_service(_svc("aff", family, 60, session_affinity="ClientIP", affinity_timeout_seconds=600)),
             p.set_endpoint_slice(_slice("aff", family, (ep(61), ep(62)))))),
+        # the affinity sets of the two endpoints that stay are not declared again
+        ("affinity-endpoint-added", lambda p: p.set_endpoint_slice(_slice("aff", family, (ep(61), ep(62), ep(63))))),
+        # a new timeout: the sets are deleted and made again, so every chain naming them is rewritten
+        ("affinity-timeout-changed", lambda p: p.set_service(
+            _svc("aff", family, 60, session_affinity="ClientIP", affinity_timeout_seconds=900))),
         ("local-policy-lb-firewall", lambda p: (
             p.set_service(_svc("lb", family, 70, type="LoadBalancer", external_traffic_policy="Local",
                                load_balancer_ingress=(LoadBalancerIngress(ip=lb),),
@@ -81,6 +87,10 @@ def steps(family: str) -> list[tuple[str, Callable[[Proxier], None]]]:
         ("udp-service", lambda p: (
             p.set_service(_svc("dns", family, 80, ports=(ServicePort(53, "UDP", "p"),))),
             p.set_endpoint_slice(_slice("dns", family, (ep(81),), proto="UDP")))),
+        ("endpoint-not-ready", lambda p: p.set_endpoint_slice(
+            _slice("s6", family, (ep(61), ep(62), ep(63)), not_ready=(ep(62),)))),
+        ("services-moved", lambda p: (p.set_endpoint_slice(_slice("s7", family, (ep(71), ep(72), ep(97)))),
+                                      p.set_endpoint_slice(_slice("s8", family, (ep(96), ep(82), ep(83)))))),
         ("no-endpoints", lambda p: p.set_endpoint_slice(_slice("s3", family, ()))),
         ("affinity-endpoint-removed", lambda p: p.set_endpoint_slice(_slice("aff", family, (ep(62),)))),
         ("service-deleted", lambda p: (p.delete_service("ns", "s4"), p.delete_endpoint_slice("ns", "s4-1"))),

@@ -11,46 +11,26 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from pyroute2 import netns as pr_netns
 
 from dataplane.errors import ApplyError
 from dataplane.runtime import nftnl
-from dataplane.runtime.netns import NETNS_DIR, apply_nftables, apply_nftables_partial, run_in
+from dataplane.runtime.netns import apply_nftables, apply_nftables_partial
+from nft_netns import THROUGH_NFT, canonical, listing, namespace_pair
 from nft_partial_cases import updates
 
 pytestmark = pytest.mark.netns
-
-#: The steps whose update holds a statement the batch does not translate (an anonymous set).
-THROUGH_NFT = {"local-policy-lb-firewall", "many-endpoints"}
 
 
 @pytest.fixture
 def namespaces():
     """Two bare namespaces, removed after the test."""
-    names = [f"t{uuid.uuid4().hex[:7]}-{side}" for side in ("nft", "nl")]
-    created = []
-    try:
-        for name in names:
-            pr_netns.create(name)
-            created.append(name)
+    with namespace_pair(("nft", "nl")) as names:
         yield names
-    finally:
-        for name in created:
-            if os.path.exists(os.path.join(NETNS_DIR, name)):
-                pr_netns.remove(name)
-
-
-def listing(ns: str, family: str) -> list:
-    """The table as ``nft -j list table`` gives it, without the metainfo header."""
-    out = run_in(ns, ["nft", "-j", "list", "table", "ip" if family == "IPv4" else "ip6", "kube-proxy"]).stdout
-    return [item for item in json.loads(out)["nftables"] if "metainfo" not in item]
 
 
 @pytest.mark.parametrize("family", ["IPv4", "IPv6"])
@@ -133,32 +113,16 @@ def test_proxier_partial_syncs_take_the_netlink_path(namespaces, monkeypatch):
     # the table the updates built holds what a fresh full sync of the same cluster loads
     fresh = Proxier("n1", mode="nftables", cluster=proxier.cluster(), runner=NetnsRunner(namespaces[0]))
     assert fresh.sync().kind == "full"
-    assert _canonical(listing(ns, "IPv4")) == _canonical(listing(namespaces[0], "IPv4"))
-
-
-def _canonical(items: list) -> list[str]:
-    """The objects, sorted, without handles (numbered in creation order, which differs between
-    a table built by updates and one loaded at once); set elements sorted; each rule with its
-    position in its chain."""
-    out, position = [], {}
-    for item in items:
-        ((kind, body),) = item.items()
-        body = {k: v for k, v in body.items() if k != "handle"}
-        if "elem" in body:
-            body["elem"] = sorted(body["elem"], key=lambda e: json.dumps(e, sort_keys=True))
-        if kind == "rule":
-            body["position"] = position[body["chain"]] = position.get(body["chain"], -1) + 1
-        out.append(json.dumps({kind: body}, sort_keys=True))
-    return sorted(out)
+    assert canonical(listing(ns, "IPv4")) == canonical(listing(namespaces[0], "IPv4"))
 
 
 def test_bench_script_measures_both_loaders(tmp_path):
     """scripts/bench-nft-update at a small size: both loaders and both probes report times."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench-nft-update"
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, str(script), "--services", "200", "--updates", "2", "--repeats", "1",
-                           "--workdir", str(tmp_path), "--json", str(out)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(script), "--services", "200", "--updates", "2", "--repeats", "2",
+                           "--changed", "1,20", "--workdir", str(tmp_path), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["services"] == 200 and r["chains"] > 200 * 4
@@ -168,3 +132,10 @@ def test_bench_script_measures_both_loaders(tmp_path):
     assert r["layout_chains"] == {"per-endpoint chains": 200 * 11 + 2, "per-endpoint chains, 2 base chains": 200 * 11 + 3,
                                   "inline dnat": 202, "inline dnat, 2 base chains": 203}
     assert set(r["layout_goto_probe_ms"]) == set(r["layout_chains"])
+    # --changed: the update of 1 and of 20 Services, as rendered now and before chain-granular diffs
+    assert set(r["changed"]) == {"1", "20"}
+    for n, c in r["changed"].items():
+        assert len(c["send_runs_now"]) == len(c["send_runs_before"]) == 2
+        # one endpoint of ten changed: the service chain and one endpoint chain, not all eleven
+        assert c["messages_now"] * 2 < c["messages_before"] and c["bytes_now"] * 2 < c["bytes_before"], n
+    assert r["changed"]["20"]["messages_now"] > 10 * r["changed"]["1"]["messages_now"]

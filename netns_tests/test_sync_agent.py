@@ -141,8 +141,8 @@ class Load:
 
     def _run(self) -> None:
         # ~20 rounds a second: every connection leaves a conntrack entry for minutes, and each sync
-        # that clears stale UDP entries dumps the whole table (runtime/ctnetlink.py), which takes
-        # seconds once it holds thousands
+        # that clears stale UDP entries has the kernel dump the UDP ones (runtime/ctnetlink.py);
+        # a slower pace keeps the table, and the test, small
         while not self.stop.wait(0.05):
             for proto, (ip, port, _, _) in (("tcp", STABLE["web"]), ("udp", STABLE["dns"])):
                 probe = self.lab.tcp_probe if proto == "tcp" else self.lab.udp_probe

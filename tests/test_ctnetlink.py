@@ -1,18 +1,22 @@
-"""Conntrack records and filters (dataplane.runtime.conntrack) and ctnetlink decoding (dataplane.runtime.ctnetlink).
+"""Conntrack records and filters (dataplane.runtime.conntrack), ctnetlink messages (dataplane.runtime.ctwire)
+and the index the one-dump-per-protocol cleanup matches with (dataplane.runtime.ctnetlink).
 
 The dumps below are real kernel bytes: one ctnetlink dump reply per family, read in a
 node namespace after a TCP connection and an SCTP INIT to ClusterIP 10.96.0.53 /
 fd00:10:96::53 were DNATed to pod1-1 and masqueraded (``--random-fully``) by
-kube-dataplane's nftables rules (netns_tests/test_ctnetlink.py builds the same).
+kube-dataplane's nftables rules (netns_tests/test_ns_ctnetlink.py builds the same). pyroute2's
+generic ctnetlink parser reads them too, as an independent witness of the decoder.
 """
 from __future__ import annotations
+
+import socket
 
 import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket
 from pyroute2.netlink.nlsocket import Marshal
 
+from dataplane.runtime import ctwire
 from dataplane.runtime.conntrack import IPS_DST_NAT, ConntrackDelete, ConntrackEntry, FlowTuple, select
-from dataplane.runtime.ctnetlink import entry_from_msg
 
 DUMP_V4 = bytes.fromhex(
     "d400000000012200ff000000f93e000002000000340001801400018008000100c0000264080002000a6000351c000280"
@@ -42,10 +46,36 @@ DUMP_V6 = bytes.fromhex(
 
 
 def decode(buffer: bytes) -> list[ConntrackEntry]:
-    """The records of a ctnetlink dump reply, parsed with pyroute2's ctnetlink message policy."""
+    """The records of a ctnetlink dump reply, as dataplane.runtime.ctwire decodes them."""
+    return ctwire.decode_dump(buffer)
+
+
+def witness(buffer: bytes) -> list[tuple]:
+    """The same dump parsed by pyroute2's ctnetlink message policy (an independent decoder): per
+    entry family, protocol, both tuples, status, timeout and id."""
     marshal = Marshal()
     marshal.msg_map.update(AsyncNFCTSocket.policy)
-    return [entry_from_msg(msg) for msg in marshal.parse(buffer)]
+    out = []
+    for msg in marshal.parse(buffer):
+        family = msg["nfgen_family"]
+        v = "V6" if family == socket.AF_INET6 else "V4"
+        flows = []
+        for which in ("CTA_TUPLE_ORIG", "CTA_TUPLE_REPLY"):
+            t = msg.get_attr(which)
+            ip, proto = t.get_attr("CTA_TUPLE_IP"), t.get_attr("CTA_TUPLE_PROTO")
+            flows.append(FlowTuple(ip.get_attr(f"CTA_IP_{v}_SRC"), ip.get_attr(f"CTA_IP_{v}_DST"),
+                                   proto.get_attr("CTA_PROTO_SRC_PORT"), proto.get_attr("CTA_PROTO_DST_PORT")))
+        num = msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
+        out.append((family, num, *flows, msg.get_attr("CTA_STATUS"), msg.get_attr("CTA_TIMEOUT"),
+                    msg.get_attr("CTA_ID")))
+    return out
+
+
+@pytest.mark.parametrize("dump", [DUMP_V4, DUMP_V6], ids=["ipv4", "ipv6"])
+def test_decoder_agrees_with_pyroute2(dump):
+    mine = [(ctwire.FAMILIES[e.family], ctwire.protonum(e.protocol), e.orig, e.reply, e.status, e.timeout, e.id)
+            for e in decode(dump)]
+    assert mine == witness(dump) and len(mine) == 2
 
 
 def test_kernel_dump_ipv4_decodes_to_records():
@@ -103,3 +133,137 @@ def test_select_keeps_only_matching_entries_in_order():
     filters = [ConntrackDelete("ipv4", "sctp", orig_dst="10.96.0.10"), ConntrackDelete("ipv4", "udp", orig_dst="10.96.0.10")]
     assert select(filters, [a, other, b]) == [a, b]
     assert select([], [a, b]) == []
+
+
+# --------------------------------------------------------------------------- wire format and fast paths
+
+
+def kernel_message(e: ConntrackEntry, seq: int = 1) -> bytes:
+    """``e`` as a dump message laid out as the kernel's ctnetlink_fill_info lays it out: the
+    original tuple, the reply tuple, the status, then the rest (timeout, id)."""
+    family, num = ctwire.FAMILIES[e.family], ctwire.protonum(e.protocol)
+    attrs = (ctwire._tuple_attr(ctwire.CTA_TUPLE_ORIG, family, num, e.orig)
+             + ctwire._tuple_attr(ctwire.CTA_TUPLE_REPLY, family, num, e.reply)
+             + ctwire._attr(ctwire.CTA_STATUS, e.status.to_bytes(4, "big"))
+             + ctwire._attr(ctwire.CTA_TIMEOUT, (e.timeout or 0).to_bytes(4, "big"))
+             + ctwire._attr(ctwire.CTA_ID, (e.id or 0).to_bytes(4, "big")))
+    return ctwire.message(ctwire.CT_NEW, ctwire.NLM_F_MULTI, seq, family, attrs)
+
+
+@pytest.mark.parametrize("dump", [DUMP_V4, DUMP_V6], ids=["ipv4", "ipv6"])
+def test_peek_reads_the_kernel_layout_as_the_decoder_does(dump):
+    for kind, _, _, start, end in ctwire.messages(dump, len(dump)):
+        e = ctwire.decode_entry(dump, start, end)
+        af = ctwire.FAMILIES[e.family]
+        assert ctwire.peek(dump, start, end) == (ctwire.protonum(e.protocol), socket.inet_pton(af, e.orig.dst),
+                                                 e.orig.dport, socket.inet_pton(af, e.reply.src), e.status)
+
+
+def test_peek_declines_other_layouts_and_the_decoder_still_reads_them():
+    e = ConntrackEntry("ipv4", "icmp", FlowTuple("192.0.2.1", "10.96.0.10"), FlowTuple("10.96.0.10", "192.0.2.1"),
+                       status=8, timeout=30, id=7)  # no ports
+    raw = kernel_message(e)
+    [(_, _, _, start, end)] = ctwire.messages(raw, len(raw))
+    assert ctwire.peek(raw, start, end) is None
+    assert ctwire.decode_entry(raw, start, end) == e
+
+
+def random_entry(rng, family: str) -> ConntrackEntry:
+    v6 = family == "ipv6"
+    ip = (lambda net, n: f"fd00:{net}::{n:x}") if v6 else (lambda net, n: f"10.{net}.0.{n}")
+    dst = ip(96, rng.randint(1, 4)) if rng.random() < 0.8 else ip(1, 1)  # a VIP, or the node
+    dport = rng.choice((53, 54, 30053, 30054))
+    return ConntrackEntry(family, rng.choice(("udp", "udp", "sctp", "tcp")),
+                          FlowTuple(ip(2, rng.randint(1, 3)), dst, rng.randint(1024, 1030), dport),
+                          FlowTuple(ip(244, rng.randint(1, 4)), ip(2, 1), 5353, rng.randint(1024, 1030)),
+                          status=rng.choice((0, IPS_DST_NAT, IPS_DST_NAT | 8 | 2, 8)), timeout=rng.randint(1, 99),
+                          id=rng.randint(0, 2**32 - 1))
+
+
+def random_filter(rng, family: str) -> ConntrackDelete:
+    v6 = family == "ipv6"
+    ip = (lambda net, n: f"fd00:{net}:0::{n:x}") if v6 else (lambda net, n: f"10.{net}.0.{n}")
+    other = "10.96.0.1" if v6 else "fd00:96::1"  # an address of the other family: matches nothing
+    pick = rng.random()
+    return ConntrackDelete(family, rng.choice(("udp", "sctp")),
+                           orig_dst=ip(96, rng.randint(1, 4)) if pick < 0.45 else other if pick < 0.5 else None,
+                           orig_port_dst=rng.choice((None, 30053, 30054, 53)),
+                           dst_nat=rng.choice((None, ip(244, rng.randint(1, 4)), ip(244, rng.randint(1, 4)))))
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_matcher_selects_exactly_what_the_filters_match(family):
+    """The protocol path's index (dataplane.runtime.ctnetlink._Matcher) against ConntrackDelete.matches,
+    over random tables and filter sets: ``wanted`` (on the raw message) never drops an entry a filter
+    matches, and the matcher's answer is exactly ``any(f.matches(e))``."""
+    import random
+
+    from dataplane.runtime.ctnetlink import _Matcher
+
+    rng = random.Random(17)
+    checked = wanted_only = 0
+    for _ in range(200):
+        entries = [random_entry(rng, family) for _ in range(30)]
+        filters = [random_filter(rng, family) for _ in range(rng.randint(1, 6))]
+        for protocol in ("udp", "sctp"):
+            mine = [f for f in filters if f.protocol == protocol]
+            match = _Matcher(ctwire.FAMILIES[family], protocol, mine)
+            for e in entries:
+                raw = kernel_message(e)
+                [(_, _, _, start, end)] = ctwire.messages(raw, len(raw))
+                assert ctwire.decode_entry(raw, start, end) == e
+                expected = any(f.matches(e) for f in mine)
+                assert match(e) is expected
+                wanted = match.wanted(raw, start, end)
+                assert wanted or not expected, (e, mine)
+                checked += expected
+                wanted_only += wanted and not expected
+    assert checked > 100 and wanted_only < checked  # the test saw matches, and the raw test prunes
+
+
+@pytest.mark.parametrize("flt", [
+    ConntrackDelete("ipv4", "udp", orig_dst="fd00::1"),
+    ConntrackDelete("ipv6", "udp", orig_dst="fd00::1", dst_nat="10.244.1.10"),
+    ConntrackDelete("ipv4", "udp", orig_dst="not-an-ip"),
+])
+def test_filters_that_can_match_nothing_ask_the_kernel_for_nothing(flt):
+    # an entry of a family holds addresses of that family: none equals the filter's
+    v6 = flt.family == "ipv6"
+    entries = [entry(family=flt.family, dst=dst, endpoint=ep)
+               for dst in (("fd00::1", "fd00::a") if v6 else ("10.96.0.10", "0.0.0.0"))
+               for ep in (("fd00:10:244:1::10", "::") if v6 else ("10.244.1.10", "0.0.0.0"))]
+    assert ctwire.filter_attrs(flt) is None and select([flt], entries) == []
+
+
+def test_filter_request_names_each_field_the_filter_has():
+    def attrs(flt):
+        raw = ctwire.dump_request(1, ctwire.FAMILIES[flt.family], ctwire.filter_attrs(flt))
+        top = ctwire._nested(raw, 20, len(raw))
+        flags = ctwire._nested(raw, *top[ctwire.CTA_FILTER])
+        orig_flags = int.from_bytes(raw[slice(*flags[ctwire.CTA_FILTER_ORIG_FLAGS])], "little")
+        reply_flags = (int.from_bytes(raw[slice(*flags[ctwire.CTA_FILTER_REPLY_FLAGS])], "little")
+                       if ctwire.CTA_FILTER_REPLY_FLAGS in flags else 0)
+        return raw, top, orig_flags, reply_flags
+
+    raw, top, orig_flags, reply_flags = attrs(ConntrackDelete("ipv4", "udp", orig_dst="10.96.0.10",
+                                                              dst_nat="10.244.1.10"))
+    assert orig_flags == ctwire.FILTER_PROTO_NUM | ctwire.FILTER_IP_DST and reply_flags == ctwire.FILTER_IP_SRC
+    orig_ip = ctwire._nested(raw, *ctwire._nested(raw, *top[ctwire.CTA_TUPLE_ORIG])[ctwire.CTA_TUPLE_IP])
+    assert raw[slice(*orig_ip[ctwire.CTA_IP_V4_DST])] == socket.inet_pton(socket.AF_INET, "10.96.0.10")
+    reply_ip = ctwire._nested(raw, *ctwire._nested(raw, *top[ctwire.CTA_TUPLE_REPLY])[ctwire.CTA_TUPLE_IP])
+    assert raw[slice(*reply_ip[ctwire.CTA_IP_V4_SRC])] == socket.inet_pton(socket.AF_INET, "10.244.1.10")
+    assert int.from_bytes(raw[slice(*top[ctwire.CTA_STATUS])], "big") == IPS_DST_NAT
+    assert int.from_bytes(raw[slice(*top[ctwire.CTA_STATUS_MASK])], "big") == IPS_DST_NAT
+
+    # IPv6 addresses stay out of the kernel's filter (it inverts their comparison); the status stays in
+    raw, top, orig_flags, reply_flags = attrs(ConntrackDelete("ipv6", "udp", orig_dst="fd00:10:96::a",
+                                                              dst_nat="fd00:10:244:1::10"))
+    assert (orig_flags, reply_flags) == (ctwire.FILTER_PROTO_NUM, 0) and ctwire.CTA_TUPLE_REPLY not in top
+    assert int.from_bytes(raw[slice(*top[ctwire.CTA_STATUS])], "big") == IPS_DST_NAT
+
+    raw, top, orig_flags, reply_flags = attrs(ConntrackDelete("ipv4", "sctp", orig_port_dst=30053))
+    assert (orig_flags, reply_flags) == (ctwire.FILTER_PROTO_NUM | ctwire.FILTER_PROTO_DST_PORT, 0)
+    assert ctwire.CTA_STATUS not in top
+    proto = ctwire._nested(raw, *ctwire._nested(raw, *top[ctwire.CTA_TUPLE_ORIG])[ctwire.CTA_TUPLE_PROTO])
+    assert raw[proto[ctwire.CTA_PROTO_NUM][0]] == socket.IPPROTO_SCTP
+    assert raw[slice(*proto[ctwire.CTA_PROTO_DST_PORT])] == (30053).to_bytes(2, "big")

@@ -181,3 +181,13 @@ def test_chain_operations_in_order():
 def test_anything_else_is_left_to_nft(text):
     with pytest.raises(nftnl.Unsupported):
         nftnl.compile_update(text)
+
+
+@pytest.mark.parametrize("text", ["numgen random mod 7 3 goto endpoint-x", "goto endpoint-x",
+                                  "jump mark-for-masquerade", "numgen random mod 2 0 jump e"])
+def test_the_cascade_fast_path_encodes_what_the_general_path_does(text):
+    """A policy chain's pick (``numgen … goto``) skips the tokenizer; with a comment the same rule
+    takes the general path, and only the comment attribute may differ."""
+    fast = rule(text)
+    general = rule(text + ' comment "c"')
+    assert general == fast + nftnl._attr(7, nftnl._udata_comment("c"))

@@ -130,8 +130,7 @@ def test_what_needs_the_whole_input_is_left_to_the_serial_path(small_shards):
     slices[-1]["metadata"]["namespace"] = slices[0]["metadata"]["namespace"]
     assert _left_to_serial(docs_of(dup))
 
-    for extra in (
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"}},
+    for extra in (  # (a Pod is sharded: see test_pods.py's tests of the sharded Pods path)
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}},
         {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "default"}},
     ):

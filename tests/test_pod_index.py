@@ -45,6 +45,13 @@ def test_select_is_the_scan_it_replaces(pods, namespace, selector):
     assert [id(p) for p in got] == [id(p) for p in expected]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pod_st, max_size=25), st.sampled_from(NAMESPACES), labels_st)
+def test_selects_any_is_whether_select_finds_a_pod(pods, namespace, selector):
+    index = PodIndex(pods)
+    assert index.selects_any(namespace, selector) == bool(index.select(namespace, selector))
+
+
 def test_an_empty_selector_selects_the_whole_namespace_and_a_missing_label_nothing():
     pods = [Pod("a", "p1", labels=(("app", "x"),)), Pod("b", "p2"), Pod("a", "p3")]
     index = PodIndex(pods)

@@ -146,7 +146,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     loop = SyncLoop(messages, store, names, make_syncers, status, min_sync_period=min_period,
                     sync_period=period, log=_log, warn=_warn, endless=endless, after_first_sync=after_first_sync,
-                    stop=stop)
+                    stop=stop, counts=server is not None, freeze_heap=True)
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()

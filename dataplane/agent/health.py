@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Union
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -49,7 +49,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import UsageError
 
-__all__ = ["DURATION_BUCKETS", "SYNC_KINDS", "HealthServer", "SyncStatus", "go_time", "serve"]
+__all__ = ["DURATION_BUCKETS", "SYNC_KINDS", "Counts", "HealthServer", "SyncStatus", "go_time", "serve"]
 
 #: The kinds of sync :meth:`SyncStatus.record_sync` takes.
 SYNC_KINDS = ("full", "partial", "none")
@@ -59,6 +59,11 @@ _CHANGE_EVENTS = frozenset({"ADDED", "MODIFIED", "DELETED"})
 
 #: kube-proxy's buckets for its sync durations: ExponentialBuckets(0.001, 2, 15).
 DURATION_BUCKETS = tuple(0.001 * 2 ** i for i in range(15))
+
+#: What :meth:`SyncStatus.record_sync` takes as a sync's counts: the counts, or a function giving
+#: them, called only when ``/metrics`` is read (counting a large update's text costs time the sync
+#: need not spend; see :meth:`SyncStatus.metrics_text`).
+Counts = Union[Mapping[str, int], Callable[[], Mapping[str, int]]]
 
 
 def go_time(t: float) -> str:
@@ -157,11 +162,15 @@ class SyncStatus:
         self._started = clock()
         self._last_updated: dict[str, float] = {}  # family -> last successful sync
         self._pending: dict[str, float] = {}  # family -> oldest change (or failure) not synced since
+        # family -> counts not yet in the series: of the last successful sync, of the last full one
+        self._counts_last: dict[str, Counts] = {}
+        self._counts_full: dict[str, Counts] = {}
 
     # ------------------------------------------------------------------ what the loop tells
     def record_sync(self, *, family: str, kind: str, duration: float, ok: bool,
-                    counts: Mapping[str, int] = {}) -> None:
-        """kind: "full" | "partial" | "none"; counts: e.g. {"rules": n, "chains": m} (may be empty).
+                    counts: Counts = {}) -> None:
+        """kind: "full" | "partial" | "none"; counts: e.g. {"rules": n, "chains": m} (may be empty),
+        or a function returning them (called at most once, when ``/metrics`` is next read).
 
         Every sync's ``duration`` (seconds) goes into the duration histogram and that of its
         kind ("none", a sync that found nothing to change, counts as partial as in kube-proxy);
@@ -181,10 +190,10 @@ class SyncStatus:
                 self._pending.pop(family, None)
                 self._last_updated[family] = now
                 m.last_timestamp.labels(family).set(now)
-                for name, value in counts.items():
-                    m.objects_last.labels(family, name).set(value)
+                if callable(counts) or counts:
+                    self._counts_last[family] = counts
                     if kind == "full":
-                        m.objects.labels(family, name).set(value)
+                        self._counts_full[family] = counts
             else:
                 m.failures.labels(family, kind).inc()
                 self._pending.setdefault(family, now)
@@ -234,8 +243,32 @@ class SyncStatus:
         counter.labels(str(code)).inc()
 
     def metrics_text(self) -> bytes:
-        """Every series, in the Prometheus text format."""
+        """Every series, in the Prometheus text format (the counts of the last syncs computed
+        first, see :meth:`resolve_counts`)."""
+        self.resolve_counts()
         return generate_latest(self.registry)
+
+    def resolve_counts(self) -> None:
+        """Put the counts the last syncs gave (computing those given as functions, each once,
+        without holding up the syncs meanwhile) into the ``dataplane_sync_proxy_rules_objects*``
+        series; counts a newer sync replaced meanwhile are left to the next call."""
+        with self._lock:
+            taken = [(self._metrics.objects_last, self._counts_last, dict(self._counts_last)),
+                     (self._metrics.objects, self._counts_full, dict(self._counts_full))]
+        computed: dict[int, Mapping[str, int]] = {}  # by id of the function: a full sync gives both
+        for _, _, pending in taken:
+            for counts in pending.values():
+                if callable(counts) and id(counts) not in computed:
+                    computed[id(counts)] = counts()
+        with self._lock:
+            for gauge, current, pending in taken:
+                for family, counts in pending.items():
+                    if current.get(family) is not counts:
+                        continue  # a newer sync's counts: the next call puts them in
+                    del current[family]
+                    values = computed[id(counts)] if callable(counts) else counts
+                    for name, value in values.items():
+                        gauge.labels(family, name).set(value)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 import orjson
 
 from .events import JSONStreamDecoder, StreamError, watch_event
-from .sources import Message
+from .sources import Message, widen_pipe
 from .store import preparse, preparse_event
 
 #: kube-proxy's informers skip these (cmd/kube-proxy/app/server.go: noProxyName, noHeadlessEndpoints)
@@ -183,6 +183,7 @@ class KubectlWatch:
         reason = ""
         try:
             fd = proc.stdout.fileno()
+            widen_pipe(fd)
             while not reason:
                 data = os.read(fd, 1 << 20)
                 if not data:

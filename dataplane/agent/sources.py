@@ -18,6 +18,7 @@ it and is read until the agent stops.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import select
@@ -33,6 +34,9 @@ from .store import Parsed, preparse, preparse_event
 
 MessageKind = Literal["event", "object", "relist", "caught_up", "ended", "error"]
 READ_SIZE = 1 << 20
+#: bytes a pipe or FIFO the agent reads is asked to hold (Linux's default is 64 KiB; an
+#: unprivileged process may ask up to /proc/sys/fs/pipe-max-size, 1 MiB by default)
+PIPE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +83,12 @@ class FileSource:
     def _open(self) -> int:
         """A read descriptor (non-blocking: a FIFO's open then never waits for a writer)."""
         if self.path == "-":
+            widen_pipe(0)
             return 0
-        return os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.is_fifo:
+            widen_pipe(fd)
+        return fd
 
     def _run(self) -> None:
         reader = _StreamReader(self)
@@ -223,6 +231,25 @@ class _StreamReader:
     def _fail(self, line: str) -> None:
         self.failed = True
         self.src._put("error", text=f"{line}; no more is read from {self.src.name}")
+
+
+def widen_pipe(fd: int, size: int = PIPE_SIZE) -> int:
+    """Ask the pipe (or FIFO) ``fd`` reads from to hold ``size`` bytes, so that its writer can
+    go on writing while the agent syncs and each read takes more events at once (fewer turns
+    of the reading thread); the capacity it has afterwards, 0 when ``fd`` is no pipe. Never
+    fails: a pipe the system will not widen keeps its size."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return 0
+    except OSError:
+        return 0
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:  # EPERM beyond the limits, EBUSY when it holds more than size
+        try:
+            return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        except OSError:
+            return 0
 
 
 def _is_fifo(path: str) -> bool:

@@ -11,7 +11,7 @@ laid out by ``templates/nftables/`` (``full.j2``, ``service.j2``, ``update.j2``)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 import functools
 import itertools
 from socket import AF_INET, AF_INET6, inet_pton
@@ -270,14 +270,36 @@ FIXED_CHAINS = frozenset({
 MAPS = ("service-ips", "service-nodeports", "firewall-ips", "no-endpoint-services", "no-endpoint-nodeports")
 
 
+#: Written by ``service.j2`` before each set and chain of a fragment rendered for a long-lived
+#: caller (never in rules text: :mod:`dataplane.ruletext` refuses control characters).
+_PIECE = "\x1e"
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceFragment:
-    """What one service port contributes to the table, rendered once."""
+    """What one service port contributes to the table, rendered once: each of its chains and
+    affinity sets by name with its own text (table-block syntax), so that a partial update can
+    rewrite only the chains whose text changed."""
 
-    text: str  # its sets and chains, in table-block syntax
     chains: tuple[str, ...]
+    bodies: tuple[str, ...]  # the text of each chain, in the order of ``chains``
     sets: tuple[tuple[str, int], ...]  # affinity sets and their timeouts
+    set_texts: tuple[str, ...]  # the declaration of each set, in the order of ``sets``
     elements: tuple[Element, ...]
+
+    @property
+    def text(self) -> str:
+        """Its sets and chains in table-block syntax, as the full table lays them out."""
+        return "".join(self.set_texts) + "".join(self.bodies)
+
+    def __setstate__(self, state: Sequence) -> None:
+        """Unpickle (a saved incremental record); a fragment of another layout is refused with
+        :class:`TypeError`, so that the record is dropped and the next sync is a full one."""
+        names = [f.name for f in fields(self)]
+        if not isinstance(state, (list, tuple)) or len(state) != len(names):
+            raise TypeError("nftables fragment of another version")
+        for name, value in zip(names, state):
+            object.__setattr__(self, name, value)
 
 
 def _context(plan: NodePlan) -> tuple:
@@ -294,10 +316,11 @@ class Renderer:
         self._module = template("nftables/service.j2").module
 
     def render_fragment(self, p: ServicePortPlan, plan: NodePlan) -> ServiceFragment:
-        """Render one service port's fragment (no caching)."""
+        """Render one service port's fragment (no caching): the template marks where each set
+        and chain starts, so each one's text is kept under its name."""
         node = _node_view(plan)
         v = _service_view(p, _names((p,))[0], node)
-        text = self._module.service(v, node.addr, node.addr_type)
+        pieces = self._module.service(v, node.addr, node.addr_type, _PIECE).split(_PIECE)
         chains: list[str] = []
         if p.firewall:
             chains.append(v.firewall_chain)
@@ -306,9 +329,13 @@ class Renderer:
         chains += [pol.chain for pol in v.policies]
         chains += [chain for chain, _, _, _ in v.endpoints]
         sets = tuple((aff, p.affinity_timeout) for _, aff, _, _ in v.endpoints) if p.affinity_timeout else ()
+        if pieces[0] or len(pieces) != 1 + len(sets) + len(chains):
+            raise ValueError(f"service.j2 gave {len(pieces) - 1} pieces for {len(sets)} sets "
+                             f"and {len(chains)} chains of {p.spn}")
         owner = (p.namespace, p.name)
         elements = tuple([Element(*e, owner=owner) for e in _elements(v)])
-        return ServiceFragment(text, tuple(chains), sets, elements)
+        cut = 1 + len(sets)
+        return ServiceFragment(tuple(chains), tuple(pieces[cut:]), sets, tuple(pieces[1:cut]), elements)
 
     def fragment(self, p: ServicePortPlan, plan: NodePlan) -> ServiceFragment:
         """One service port's fragment, rendered once per plan and node settings."""
@@ -427,49 +454,80 @@ class TableIndex:
         return holders[0] if len(holders) == 1 else min(holders, key=lambda e: e.owner)
 
     def update(self, removed: Sequence[ServiceFragment], added: Sequence[ServiceFragment]) -> "TableDiff":
-        """Replace the ``removed`` fragments by the ``added`` ones; what the table must change."""
+        """Replace the ``removed`` fragments (what the kernel holds) by the ``added`` ones; what
+        the table must change, chain by chain.
+
+        A chain of ``added`` is rewritten (added, flushed, refilled) only when it is new or its
+        text differs from what ``removed`` held under its name, or when it names a set this
+        update deletes; every other chain keeps its rules (and their handles). An affinity set
+        is declared only when it is new (with its timeout): a set that stays keeps its entries.
+        Chains and sets no longer held are flushed and deleted; map elements are deleted and
+        added only where the element a full render would hold changed."""
         touched = {(e.map, e.key) for f in (*removed, *added) for e in f.elements}
         before = {k: self.element(k) for k in touched}
-        old_chains = {c for f in removed for c in f.chains}
+        old_bodies: dict[str, str] = {}
+        for f in removed:
+            old_bodies.update(zip(f.chains, f.bodies))
         old_sets = {st for f in removed for st in f.sets}
         for f in removed:
             self._remove(f)
         for f in added:
             self._add(f)
         after = {k: self.element(k) for k in touched}
+        stale_sets = {name for name, t in old_sets if (name, t) not in self.sets}
+        rewrite: dict[str, None] = {}
+        declared: dict[str, None] = {}
+        own: list[str] = []
+        for f in added:
+            # a set made again (a new timeout) is deleted first: the chains naming it (its own
+            # fragment's) must be rewritten even when their text stays
+            remade = [f"@{name}" for name, _ in f.sets if name in stale_sets] if stale_sets else ()
+            for st, text in zip(f.sets, f.set_texts):
+                if st not in old_sets and st[0] not in declared:
+                    declared[st[0]] = None
+                    own.append(text)
+            for chain, body in zip(f.chains, f.bodies):
+                if chain in rewrite or (old_bodies.get(chain) == body
+                                        and not (remade and any(r in body for r in remade))):
+                    continue
+                rewrite[chain] = None
+                own.append(body)
         return TableDiff(
-            flush_chains=tuple(sorted({c for f in added for c in f.chains})),
-            stale_chains=tuple(sorted(c for c in old_chains if c not in self.chains)),
-            stale_sets=tuple(sorted({name for name, t in old_sets if (name, t) not in self.sets})),
+            flush_chains=tuple(sorted(rewrite)),
+            stale_chains=tuple(sorted(c for c in old_bodies if c not in self.chains)),
+            stale_sets=tuple(sorted(stale_sets)),
             delete=tuple(sorted((e for k, e in before.items() if e is not None and after[k] != e),
                                 key=lambda e: (e.map, e.key))),
             add=tuple(sorted((e for k, e in after.items() if e is not None and before[k] != e),
                              key=lambda e: (e.map, e.key))),
-            own="".join(f.text for f in added),
+            own="".join(own),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class TableDiff:
-    """What a partial update changes: chains rewritten or gone, sets gone, elements out and in."""
+    """What a partial update changes: chains rewritten or gone, sets new or gone, elements out
+    and in."""
 
-    flush_chains: tuple[str, ...]
+    flush_chains: tuple[str, ...]  # chains (re)written: new ones, and those whose rules changed
     stale_chains: tuple[str, ...]
     stale_sets: tuple[str, ...]
     delete: tuple[Element, ...]
     add: tuple[Element, ...]
-    own: str  # the sets and chains of the added fragments, in table-block syntax
+    own: str  # the new sets and the rewritten chains, in table-block syntax
 
     def __bool__(self) -> bool:
-        return bool(self.flush_chains or self.stale_chains or self.stale_sets or self.delete or self.add)
+        return bool(self.flush_chains or self.stale_chains or self.stale_sets or self.delete or self.add
+                    or self.own)
 
 
 def render_diff(family: str, diff: TableDiff) -> str:
     """A transaction applying ``diff`` to the ``family`` (plan family) table; empty for no change.
 
-    Chains of changed service ports are flushed and refilled, map elements
-    added and deleted one by one, chains and sets that are gone flushed, then
-    deleted. The node-level part of the table must not change (otherwise use
+    Chains that are new or whose rules changed are added, flushed and refilled
+    (the others are not named), new affinity sets declared, map elements added
+    and deleted one by one, chains and sets that are gone flushed, then deleted.
+    The node-level part of the table must not change (otherwise use
     :func:`render_full`).
     """
     if not diff:

@@ -86,6 +86,9 @@ _NAME_SUFFIX_LENGTH = 5
 _MAX_NAME_BASE = 63 - _NAME_SUFFIX_LENGTH
 _RESERVED_LABELS = frozenset({LABEL_SERVICE_NAME, LABEL_MANAGED_BY, LABEL_HEADLESS})
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# every (ready, serving, terminating): endpoints share these (equal to one made anew)
+_CONDITIONS = {(r, s, t): EndpointConditions(ready=r, serving=s, terminating=t)
+               for r in (False, True) for s in (False, True) for t in (False, True)}
 
 PortList = tuple[EndpointPort, ...]
 
@@ -157,7 +160,11 @@ def pod_endpoint(pod: Pod, svc: Service, family: str, node: Optional[Node]) -> O
 
 def _endpoint(pod: Pod, svc: Service, family: str, zone: Optional[str]) -> Optional[Endpoint]:
     """:func:`pod_endpoint` with the zone of the Pod's Node (None: no zone, or no such Node) given."""
-    addresses = tuple(ip for ip in pod.pod_ips if _family_or_none(ip) == family)
+    ips = pod.pod_ips
+    if len(ips) == 1:  # the common case: the Pod's one IP is of the family, or it has none of it
+        addresses = ips if _family_or_none(ips[0]) == family else ()
+    else:
+        addresses = tuple(ip for ip in ips if _family_or_none(ip) == family)
     if not addresses:
         return None
     serving = pod.ready
@@ -165,10 +172,17 @@ def _endpoint(pod: Pod, svc: Service, family: str, zone: Optional[str]) -> Optio
     ready = svc.publish_not_ready_addresses or (serving and not terminating)
     hostname = pod.hostname if pod.hostname and pod.subdomain == svc.name else None
     node_name = pod.node_name or None
-    for_zones, for_nodes = topology_hints(svc, ready, zone, node_name)
+    if svc.traffic_distribution is None:  # (the common case: no hints; see topology_hints)
+        for_zones = for_nodes = None
+    else:
+        for_zones, for_nodes = topology_hints(svc, ready, zone, node_name)
+    if type(ready) is bool and type(serving) is bool and type(terminating) is bool:
+        conditions = _CONDITIONS[ready, serving, terminating]
+    else:  # (a Pod built by a library caller)
+        conditions = EndpointConditions(ready=ready, serving=serving, terminating=terminating)
     return Endpoint(
         addresses=addresses,
-        conditions=EndpointConditions(ready=ready, serving=serving, terminating=terminating),
+        conditions=conditions,
         node_name=node_name,
         zone=zone,
         hints_for_zones=for_zones,
@@ -236,21 +250,88 @@ def slice_labels(svc: Service) -> Labels:
 
 
 def slice_name(svc: Service, family: str, ports: PortList, endpoints: Sequence[Endpoint], attempt: int = 0) -> str:
-    """``<service>-<5 characters>``, the characters derived from a hash of the slice's content."""
-    content = json.dumps(
-        {
-            "namespace": svc.namespace,
-            "service": svc.name,
-            "addressType": family,
-            "ports": [[p.name, p.protocol, p.port] for p in ports],
-            "endpoints": [_endpoint_json(e, svc.namespace) for e in endpoints],
-            "attempt": attempt,
-        },
-        sort_keys=True,
-    )
+    """``<service>-<5 characters>``, the characters derived from a hash of the slice's content
+    (:func:`_content_text`)."""
+    content = _content_text(svc, family, ports, endpoints, attempt)
     digest = hashlib.sha256(content.encode()).digest()
     suffix = "".join(_NAME_ALPHABET[b % len(_NAME_ALPHABET)] for b in digest[:_NAME_SUFFIX_LENGTH])
     return f"{svc.name}-"[:_MAX_NAME_BASE] + suffix
+
+
+def _content_json(svc: Service, family: str, ports: PortList, endpoints: Sequence[Endpoint],
+                  attempt: int) -> dict[str, Any]:
+    """What a slice's name is derived from, as a JSON object."""
+    return {
+        "namespace": svc.namespace,
+        "service": svc.name,
+        "addressType": family,
+        "ports": [[p.name, p.protocol, p.port] for p in ports],
+        "endpoints": [_endpoint_json(e, svc.namespace) for e in endpoints],
+        "attempt": attempt,
+    }
+
+
+_dumps = json.JSONEncoder(sort_keys=True).encode  # json.dumps(value, sort_keys=True)
+_quoted = json.encoder.encode_basestring_ascii  # json.dumps' text of a str
+_BOOLS = {True: "true", False: "false"}
+
+
+def _content_text(svc: Service, family: str, ports: PortList, endpoints: Sequence[Endpoint], attempt: int) -> str:
+    """``json.dumps(_content_json(...), sort_keys=True)``, the same text written directly (the
+    keys in sorted order): the slice's name is its hash, so not a character may differ. Values of
+    types other than the model's (a library caller's) go through ``json.dumps`` itself."""
+    namespace, name = svc.namespace, svc.name
+    if not (type(namespace) is str and type(name) is str and type(family) is str and type(attempt) is int):
+        return _dumps(_content_json(svc, family, ports, endpoints, attempt))
+    ref_tail = ', "namespace": ' + _quoted(namespace) + "}"
+    texts = []
+    for e in endpoints:
+        text = _endpoint_text(e, ref_tail)
+        texts.append(_dumps(_endpoint_json(e, namespace)) if text is None else text)
+    port_texts = []
+    for p in ports:
+        if type(p.name) is str and type(p.protocol) is str and (p.port is None or type(p.port) is int):
+            port_texts.append(f"[{_quoted(p.name)}, {_quoted(p.protocol)}, {'null' if p.port is None else p.port}]")
+        else:
+            port_texts.append(_dumps([p.name, p.protocol, p.port]))
+    return (f'{{"addressType": {_quoted(family)}, "attempt": {attempt}, "endpoints": [{", ".join(texts)}], '
+            f'"namespace": {_quoted(namespace)}, "ports": [{", ".join(port_texts)}], "service": {_quoted(name)}}}')
+
+
+def _endpoint_text(e: Endpoint, ref_tail: str) -> Optional[str]:
+    """``json.dumps(_endpoint_json(e, namespace), sort_keys=True)`` (``ref_tail``: the end of its
+    targetRef, which names the namespace); None for a value of another type than the model's."""
+    c = e.conditions
+    if type(c.ready) is not bool or type(c.serving) is not bool or type(c.terminating) is not bool:
+        return None
+    ready, serving, terminating = _BOOLS[c.ready], _BOOLS[c.serving], _BOOLS[c.terminating]
+    try:  # (_quoted raises TypeError for anything but a str)
+        return _endpoint_parts(e, ref_tail, ready, serving, terminating)
+    except TypeError:
+        return None
+
+
+def _endpoint_parts(e: Endpoint, ref_tail: str, ready: str, serving: str, terminating: str) -> str:
+    """:func:`_endpoint_text` once the conditions are read; TypeError for a value not a str."""
+    parts = ['{"addresses": [', ", ".join(map(_quoted, e.addresses)), '], "conditions": {"ready": ', ready,
+             ', "serving": ', serving, ', "terminating": ', terminating, "}"]
+    if e.hints_for_nodes is not None or e.hints_for_zones is not None:
+        kinds = []
+        if e.hints_for_nodes is not None:
+            kinds.append('"forNodes": [' + ", ".join('{"name": ' + _quoted(n) + "}" for n in e.hints_for_nodes) + "]")
+        if e.hints_for_zones is not None:
+            kinds.append('"forZones": [' + ", ".join('{"name": ' + _quoted(z) + "}" for z in e.hints_for_zones) + "]")
+        parts.append(', "hints": {' + ", ".join(kinds) + "}")
+    if e.hostname is not None:
+        parts.append(', "hostname": ' + _quoted(e.hostname))
+    if e.node_name is not None:
+        parts.append(', "nodeName": ' + _quoted(e.node_name))
+    if e.target_ref_name is not None:
+        parts.append(', "targetRef": {"kind": "Pod", "name": ' + _quoted(e.target_ref_name) + ref_tail)
+    if e.zone is not None:
+        parts.append(', "zone": ' + _quoted(e.zone))
+    parts.append("}")
+    return "".join(parts)
 
 
 def _unique_name(
@@ -320,10 +401,16 @@ def _slices_from_selected(
     slices: list[EndpointSlice] = []
     for family in address_families(svc):
         groups: dict[PortList, list[Endpoint]] = {}
-        for pod in members:
-            endpoint = _endpoint(pod, svc, family, zones.get(pod.node_name) if pod.node_name else None)
-            if endpoint is not None:
-                groups.setdefault(fixed if fixed is not None else endpoint_ports(svc, pod), []).append(endpoint)
+        if fixed is not None:  # one group: no port list to look up per Pod
+            found = [e for e in (_endpoint(pod, svc, family, zones.get(pod.node_name) if pod.node_name else None)
+                                 for pod in members) if e is not None]
+            if found:
+                groups[fixed] = found
+        else:
+            for pod in members:
+                endpoint = _endpoint(pod, svc, family, zones.get(pod.node_name) if pod.node_name else None)
+                if endpoint is not None:
+                    groups.setdefault(endpoint_ports(svc, pod), []).append(endpoint)
         if not groups:
             slices.append(_make_slice(svc, family, (), (), taken))
             continue

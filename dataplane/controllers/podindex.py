@@ -64,3 +64,17 @@ class PodIndex:
         if len(selector) == 1:
             return list(shortest)
         return [pod for pod in shortest if selects(selector, pod)]
+
+    def selects_any(self, namespace: str, selector: Labels) -> bool:
+        """Whether :meth:`select` would find a Pod, without building its list."""
+        if not selector:
+            return namespace in self._by_namespace
+        shortest: list[Pod] | None = None
+        for key, value in selector:
+            posting = self._postings.get((namespace, key, value))
+            if posting is None:
+                return False
+            if shortest is None or len(posting) < len(shortest):
+                shortest = posting
+        assert shortest is not None
+        return len(selector) == 1 or any(selects(selector, pod) for pod in shortest)

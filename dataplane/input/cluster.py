@@ -157,7 +157,7 @@ class _ClusterBuilder:
     service_cidrs: list[ServiceCIDR] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    seen: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    seen: dict[tuple[Optional[str], str, str], tuple[str, str, int]] = field(default_factory=dict)
 
     def add(self, doc: Document) -> None:
         """Validate one document and keep what it holds."""
@@ -168,11 +168,15 @@ class _ClusterBuilder:
     def parse(self, doc: Document) -> Optional[ParsedObject]:
         """Validate one document, recording its problems and warnings: the object it holds, None
         when there is nothing to keep (no object at all, a kind not read, a duplicate)."""
-        found = document_problems(doc.source, doc.index, doc.obj, doc.unit)
-        if found:
-            self.problems.extend(found)
-            return None
-        api_version, kind = doc.obj["apiVersion"], doc.obj["kind"]
+        raw = doc.obj
+        # (the common case, a mapping with a non-empty string apiVersion and kind, skips the check)
+        if not (type(raw) is dict and type(raw.get("apiVersion")) is str and type(raw.get("kind")) is str
+                and raw["apiVersion"] and raw["kind"]):
+            found = document_problems(doc.source, doc.index, raw, doc.unit)
+            if found:
+                self.problems.extend(found)
+                return None
+        api_version, kind = raw["apiVersion"], raw["kind"]
         parser = _PARSERS.get((api_version, kind))
         if parser is None or (kind == "ConfigMap" and api_version == "v1" and config_map_key(doc.obj) is None):
             # a kind not read, or a ConfigMap other than kube-proxy's and kubeadm's
@@ -181,8 +185,10 @@ class _ClusterBuilder:
         checker = Checker(doc.source, doc.index, kind, doc.unit)
         obj = parser(checker, doc.obj)
         self.problems.extend(checker.problems())
-        self.warnings.extend(f"{doc.source}: {doc.unit} {doc.index}: {checker.label}: unknown field {quote(path)}"
-                             for path in unknown_fields(api_version, kind, doc.obj))
+        unknown = unknown_fields(api_version, kind, doc.obj)
+        if unknown:
+            self.warnings.extend(f"{doc.source}: {doc.unit} {doc.index}: {checker.label}: unknown field {quote(path)}"
+                                 for path in unknown)
         if obj is None:
             return None
         return obj if self._is_new(checker, _SINGLETONS.get(type(obj))) else None
@@ -207,10 +213,11 @@ class _ClusterBuilder:
         if not checker.name and not singleton:
             return True
         key = (singleton_kind, "", "") if singleton else (checker.kind, checker.namespace, checker.name)
-        here = f"{checker.source}: {checker.unit} {checker.index}"
-        first = self.seen.setdefault(key, here)
-        if first == here:
+        here = (checker.source, checker.unit, checker.index)  # (written out only for a duplicate)
+        found = self.seen.setdefault(key, here)
+        if found == here:
             return True
+        first = f"{found[0]}: {found[1]} {found[2]}"
         if singleton:
             message = f"Duplicate value: only one {singleton_kind} may be given; the first is at {first}"
             self.problems.append(Problem(checker.source, checker.index, checker.label, "", message, checker.unit))

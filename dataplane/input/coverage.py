@@ -28,7 +28,7 @@ def services_without_endpoints(services: Iterable[Service], slices: Iterable[End
             continue
         covered.add(svc.key)  # once, even for a Service given twice
         index = index or PodIndex(pods)
-        if index.select(svc.namespace, svc.selector or ()):
+        if index.selects_any(svc.namespace, svc.selector or ()):
             continue
         warnings.append(
             f"{svc.ref.where()}: selects no Pod and has no EndpointSlice in the input, so it has no "

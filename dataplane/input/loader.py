@@ -201,7 +201,12 @@ def _documents(raw_docs: list[Any], source: str) -> tuple[list[Document], list[P
         if isinstance(raw, RejectedDocument):  # YAML the API server refuses: keys set twice, aliases...
             problems.extend(Problem(source, position, "", "", message) for message in raw.messages)
             continue
-        for item, obj, obj_problems in _flatten(raw, source):
+        items = raw.get("items") if type(raw) is dict and raw.get("kind") == "List" else None
+        if type(items) is list:  # (kubectl get -o json: one List, maybe of 100k items)
+            flat = _flatten_plain_list(items, raw, source, documents, position)
+        else:
+            flat = _flatten(raw, source)
+        for item, obj, obj_problems in flat:
             unit = list_item_unit(item) if item else "document"
             if obj_problems is not None:
                 problems.extend(_renumber(obj_problems, position, unit))
@@ -323,6 +328,22 @@ def _flatten(raw: Any, source: str) -> Iterator[_Flat]:
         return
     for n, item in enumerate(items, 1):
         yield (n, *_list_item(raw, item, source))
+
+
+def _flatten_plain_list(items: list, list_obj: dict, source: str, documents: list[Document],
+                        position: int) -> Iterator[_Flat]:
+    """:func:`_flatten` of a ``kind: List`` (``list_obj``) whose ``items`` is a list, for a
+    large one: each item that is a mapping with a non-empty string apiVersion and kind (and no
+    List itself) goes straight to ``documents`` as document ``position``, as the caller would
+    add it; the others are yielded as :func:`_flatten` yields them, for the caller."""
+    for n, item in enumerate(items, 1):
+        if type(item) is dict:
+            api_version, kind = item.get("apiVersion"), item.get("kind")
+            if (type(api_version) is str and api_version and type(kind) is str and kind
+                    and not (kind == "List" or (kind.endswith("List") and "items" in item))):
+                documents.append(Document(source, position, item, list_item_unit(n)))
+                continue
+        yield (n, *_list_item(list_obj, item, source))
 
 
 def _list_item(list_obj: dict, item: Any, source: str) -> tuple[Any, Optional[list[Problem]]]:

@@ -5,6 +5,7 @@ from typing import Callable, Optional
 
 from .. import ipaddrs
 from ..model import ContainerPort, Node, NodeAddress, Pod
+from .fastpod import fast_pod
 from .validation import (
     Checker,
     dns1123_subdomain_errors,
@@ -92,7 +93,13 @@ def _one_per_family(
 
 
 def parse_pod(c: Checker, obj: dict) -> Pod:
-    """A ``v1`` Pod: placement, IPs, readiness, container ports and native sidecars' ports."""
+    """A ``v1`` Pod: placement, IPs, readiness, container ports and native sidecars' ports.
+
+    A Pod without problems is read by :func:`.fastpod.fast_pod`; the rest of this module
+    reads the others, reporting each problem with its field path."""
+    pod = fast_pod(c, obj)
+    if pod is not None:
+        return pod
     meta = object_meta(c, obj, True, dns1123_subdomain_errors)
     spec = c.get_map(obj, "spec", "spec")
     status = c.get_map(obj, "status", "status")

@@ -169,6 +169,12 @@ def is_dns1123_subdomain(value: str) -> bool:  # cached: node names repeat in ev
     return len(value) <= 253 and _RE_DNS1123_SUBDOMAIN.fullmatch(value) is not None
 
 
+def is_name_dns1123_subdomain(value: str) -> bool:
+    """:func:`is_dns1123_subdomain` without its cache, for values that seldom repeat (the names
+    of a cluster's Pods), which would only push the repeating ones out of it."""
+    return len(value) <= 253 and _RE_DNS1123_SUBDOMAIN.fullmatch(value) is not None
+
+
 @lru_cache(maxsize=4096)
 def _is_label_key(value: str) -> bool:  # cached: a cluster uses few label keys
     return not qualified_name_errors(value)
@@ -176,6 +182,22 @@ def _is_label_key(value: str) -> bool:  # cached: a cluster uses few label keys
 
 def _is_label_value(value: str) -> bool:
     return len(value) <= 63 and _RE_LABEL_VALUE.fullmatch(value) is not None
+
+
+def label_map(value: Any) -> Optional[Labels]:
+    """A label map on which :meth:`Checker.labels` reports nothing, as its sorted pairs (unset:
+    ``()``); None when it is not a mapping or a key or value is not a valid string."""
+    if value is None:
+        return ()
+    if type(value) is not dict:
+        return None
+    for label_key, label_value in value.items():
+        if not (
+            type(label_key) is str and type(label_value) is str
+            and _is_label_key(label_key) and _is_label_value(label_value)
+        ):
+            return None
+    return tuple(sorted(value.items()))
 
 
 def port_name_errors(value: str) -> list[str]:
@@ -279,6 +301,8 @@ class Checker:
 
     def problems(self) -> list[Problem]:
         """Every problem found in the document, labelled with the object."""
+        if not self._found:
+            return []
         label = self.label
         return [Problem(self.source, self.index, label, path, message, self.unit) for path, message in self._found]
 
@@ -404,14 +428,9 @@ class Checker:
         """A label map (or selector) validated like ``ValidateLabels``, as sorted pairs."""
         value = parent.get(key)
         if type(value) is dict:  # fast path: every key and value a valid string
-            for label_key, label_value in value.items():
-                if not (
-                    type(label_key) is str and type(label_value) is str
-                    and _is_label_key(label_key) and _is_label_value(label_value)
-                ):
-                    break
-            else:
-                return tuple(sorted(value.items()))
+            valid = label_map(value)
+            if valid is not None:
+                return valid
         pairs = []
         for label_key, value in self.get_map(parent, key, path).items():
             if not isinstance(label_key, str):

@@ -108,7 +108,7 @@ class NetnsRunner:
 
     def delete_conntrack(self, filters: Sequence[ConntrackDelete]) -> None:
         """Delete the namespace's conntrack entries the filters match, over ctnetlink."""
-        from . import ctnetlink  # imports pyroute2: only when there is something to delete
+        from . import ctnetlink  # enters the namespace: only when there is something to delete
 
         if filters:
             ctnetlink.delete_matching(self.ns, filters)
@@ -125,6 +125,11 @@ class SyncResult:
     conntrack: tuple[ConntrackDelete, ...] = ()
     leftovers: tuple[str, ...] = ()  # what an earlier apply of the other backend left and was removed
     drift: str = ""  # "drift repaired: ..." when the kernel's copy had changed (see dataplane.runtime.apply)
+    #: seconds (wall clock) spent in each phase of the sync, in order: ("plan", s) re-planning the
+    #: changed Services and assembling the node plan, ("render", s) their fragments and the update
+    #: text, ("apply", s) the runner's apply (the kernel), ("conntrack", s) finding and deleting
+    #: stale conntrack entries
+    phases: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,9 +392,11 @@ class Proxier:
         whatever the runner raises; the kernel then keeps its previous rules and
         the next sync is a full one.
         """
+        t_start = time.perf_counter()
         ctx = self._context()
         self._replan(ctx)
         plan = self._assemble(ctx)
+        t_planned = time.perf_counter()
         context = self._render_context(plan)
         fresh = self._render_changes(context)
         replaced = context != self._frag_context
@@ -412,6 +419,7 @@ class Proxier:
             kind: SyncKind = "full"
             text = self._renderer.full_text(plan, frags, old.by_service if old is not None else None)
             changed = len(frags)
+            t_rendered = time.perf_counter()
             conntrack = tuple(stale_entries(old.plan if old else None, plan))
         else:
             assert old is not None
@@ -427,12 +435,14 @@ class Proxier:
             text = self._renderer.partial_text(plan, all_fragments, old.by_service, removed, added)
             kind = "partial" if text else "none"
             changed = len(added)
+            t_rendered = time.perf_counter()
             if all_changed:
                 conntrack = tuple(stale_entries(old.plan, plan))
             else:
                 before = [p for c in changes.values() if c.previous is not None for p in c.previous[0]]
                 after = [p for c in changes.values() if c.current is not None for p in c.current[0]]
                 conntrack = tuple(stale_changes(plan.family, before, after))
+        t_found = time.perf_counter()  # stale conntrack entries found
         self._commit(context, fresh)
         self._changes.checkout()
         if self.runner is not None and text:
@@ -442,13 +452,18 @@ class Proxier:
             except BaseException:
                 self._renderer.refused()
                 raise
+        t_applied = time.perf_counter()
         self._installed = _Installed(context, plan, dict(self._frags))
         if full:
             self._last_full = self._clock()
             self._renderer.synced(frags)
+        t_kept = time.perf_counter()
         if self.runner is not None and conntrack:
             self.runner.delete_conntrack(conntrack)
-        return SyncResult(kind, text, plan, changed, conntrack)
+        phases = (("plan", t_planned - t_start), ("render", t_rendered - t_planned + t_kept - t_applied),
+                  ("apply", t_applied - t_found),
+                  ("conntrack", t_found - t_rendered + time.perf_counter() - t_kept))
+        return SyncResult(kind, text, plan, changed, conntrack, phases=phases)
 
     def _resync_due(self) -> bool:
         """Whether ``sync_period`` has passed since the last full sync."""
