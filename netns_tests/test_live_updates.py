@@ -295,6 +295,47 @@ def test_udp_flow_moves_to_new_endpoint_within_one_sync(make_lab, backend):
     s.close()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_client_ip_affinity_survives_partial_syncs(make_lab, backend):
+    """A client stays on its endpoint while partial syncs add and remove the Service's other
+    endpoints (the affinity state of the endpoints that stay is kept: nftables sets, iptables
+    ``recent`` lists), and moves (and sticks again) once its own endpoint goes."""
+    lab = make_lab(Topology.simple(nodes=2, pods_per_node=3, clients=1))
+    for pod in PODS:
+        lab.serve(pod, tcp_ports=(8080,))
+    sticky = Service("default", "sticky", cluster_ips=("10.96.0.90",), ports=(ServicePort(80, "TCP", "http"),),
+                     session_affinity="ClientIP", affinity_timeout_seconds=600)
+    ports = target_ports(WEB_PORTS)
+    first = {"pod1-1": "ready", "pod1-2": "ready", "pod2-1": "ready"}
+    cluster = Cluster(services=(sticky,), endpoint_slices=(slice_of("sticky", first, ports),),
+                      nodes=NODES, proxy_config=CONFIG)
+    proxier = Proxier("node1", mode=backend, cluster=cluster, runner=NetnsRunner(lab.ns("node1")))
+    assert proxier.sync().kind == "full"
+
+    def stuck_to(count: int) -> str:
+        answered = {lab.tcp_probe("client1", "10.96.0.90", 80).pod for _ in range(count)}
+        assert len(answered) == 1 and None not in answered, answered
+        return answered.pop()
+
+    pod = stuck_to(5)
+    others = [p for p in PODS if p != pod]
+    # two more endpoints: with five to choose from, ten connections all to `pod` by chance: 1e-7
+    grown = {**first, others[-1]: "ready", others[-2]: "ready"}
+    proxier.set_endpoint_slice(slice_of("sticky", grown, ports))
+    assert proxier.sync().kind == "partial"
+    assert stuck_to(10) == pod
+    # another endpoint goes
+    gone = next(p for p in grown if p != pod)
+    shrunk = {p: state for p, state in grown.items() if p != gone}
+    proxier.set_endpoint_slice(slice_of("sticky", shrunk, ports))
+    assert proxier.sync().kind == "partial"
+    assert stuck_to(10) == pod
+    # its own endpoint goes: it moves to another, and sticks there
+    proxier.set_endpoint_slice(slice_of("sticky", {p: s for p, s in shrunk.items() if p != pod}, ports))
+    assert proxier.sync().kind == "partial"
+    assert stuck_to(5) != pod
+
+
 def _foreign_state(ns: str) -> tuple[str, str]:
     ipt = run_in(ns, ["iptables", "-S", "FOREIGN"]).stdout + run_in(ns, ["iptables", "-S", "FORWARD"]).stdout
     nft = run_in(ns, ["nft", "list", "table", "inet", "other"]).stdout

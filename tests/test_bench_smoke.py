@@ -5,6 +5,7 @@ This checks that the benchmark works, not how fast anything is.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ def test_bench_runs_on_a_tiny_cluster_and_prints_a_table(tmp_path):
         for backend in ("iptables", "nftables"):
             assert any(line.split()[:2] == [size, backend] for line in table.splitlines()), table
     report = json.loads(out.read_text())
+    # it measured the environment's package: under scripts/test, the installed wheel, not the checkout
+    package = Path(report["meta"]["package"])
+    if os.environ.get("DATAPLANE_TEST_INSTALLED") == "1":
+        assert "site-packages" in package.parts and package != REPO / "dataplane", package
     assert {(row["services"], row["backend"]) for row in report["compile"]} == {
         (n, b) for n in (30, 60) for b in ("iptables", "nftables")}
     for row in report["compile"]:

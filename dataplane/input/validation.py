@@ -163,16 +163,15 @@ def _is_dns1035_label(value: str) -> bool:
     return len(value) <= 63 and _RE_DNS1035_LABEL.fullmatch(value) is not None
 
 
-@lru_cache(maxsize=4096)
-def is_dns1123_subdomain(value: str) -> bool:  # cached: node names repeat in every slice
-    """Whether :func:`dns1123_subdomain_errors` finds nothing."""
-    return len(value) <= 253 and _RE_DNS1123_SUBDOMAIN.fullmatch(value) is not None
-
-
 def is_name_dns1123_subdomain(value: str) -> bool:
-    """:func:`is_dns1123_subdomain` without its cache, for values that seldom repeat (the names
-    of a cluster's Pods), which would only push the repeating ones out of it."""
+    """Whether :func:`dns1123_subdomain_errors` finds nothing; uncached, for values that seldom
+    repeat (the names of a cluster's Pods), which would only push the repeating ones out of
+    :func:`is_dns1123_subdomain`'s cache."""
     return len(value) <= 253 and _RE_DNS1123_SUBDOMAIN.fullmatch(value) is not None
+
+
+#: :func:`is_name_dns1123_subdomain`, cached: node names repeat in every slice
+is_dns1123_subdomain = lru_cache(maxsize=4096)(is_name_dns1123_subdomain)
 
 
 @lru_cache(maxsize=4096)

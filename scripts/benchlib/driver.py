@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -95,6 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "endpoints_per_service": args.endpoints, "repeats": args.repeats, "sizes": args.sizes,
             "backends": args.backends, "generator_version": GENERATOR_VERSION, "iptables": iptables_variant(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # what was measured: the environment's dataplane (the installed wheel, or an editable checkout)
+            "package": str(Path(importlib.util.find_spec("dataplane").origin).parent),
         },
         "compile": [],
         "command": " ".join(["scripts/bench", *argv]),
