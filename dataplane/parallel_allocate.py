@@ -13,13 +13,18 @@ workers (sharing the read documents copy-on-write):
   beforehand from the raw objects, and the checks that span objects, e.g. "a
   Service with a selector has no EndpointSlice", look at a Service and its own
   slices only), and its Services are the shards' Services in shard order.
-* Every process then prints a share of the objects the allocation never
-  changes (those that are not Services) before the allocation is known: a
-  printed document is a function of the object alone (:func:`dataplane.dump.dump_part`).
-  The parent gets the workers' Services, allocates for the whole cluster,
-  fills in the Service documents and prints them. It checks that every object
-  printed early came out of the filling untouched (else it prints it again),
-  and joins the parts in order.
+* The objects the allocation never changes (those that are not Services) are
+  printed by every process, in chunks of consecutive documents each takes from a
+  shared dispenser (a pipe holding the chunk numbers) when it is free: a printed
+  document is a function of the object alone (:func:`dataplane.dump.dump_part`).
+  A worker takes chunks once its Services are sent; the parent takes them while
+  it waits for the workers' Services (a thread per worker reads what they send,
+  so they never wait for it), then allocates for the whole cluster, fills in and
+  prints the Service documents, and takes chunks again until none is left. So
+  the processes end together whatever printing and allocating cost (within a
+  chunk, :data:`SMALLEST_CHUNK`). The parent checks that every object printed
+  before the filling came out of it untouched (else it prints it again), prints
+  what a worker that died took, and joins the parts in order.
 
 Input that needs the whole cluster to validate (other kinds: Pods, Endpoints,
 ServiceCIDRs, ClusterConfigurations, ignored kinds; unreadable identities;
@@ -31,6 +36,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
+import os
+import select
+import struct
 from typing import Any, Callable, Optional, Sequence
 
 from . import forkwork
@@ -46,16 +55,18 @@ __all__ = ["allocate_sharded", "MIN_SERVICES_PER_SHARD"]
 
 # Below this many Services a second process does not pay for itself.
 MIN_SERVICES_PER_SHARD = 1000
-# How the work is balanced (measured at 10k Services, CPU time per process). The parent needs
-# every worker's Services before it allocates; its shard of Services to validate is as long as
-# a worker's (PARENT_EXTRA: how much longer): a worker still pickles and sends its Services when
-# its validation ends, but the parent's validation was measured slower (its writes to the
-# shared documents copy pages the fork shares). Then the parent unpickles the Services,
-# allocates, fills in and prints the Services and joins the parts, while a worker prints the
-# other objects: the parent's share of those (by format; in JSON they print much faster than in
-# YAML) evens out the two.
+# How the work is balanced. Validation: the parent's shard of Services is ``1 + PARENT_EXTRA``
+# times as long as a worker's (measured at 10k Services: the parent's validation is no slower,
+# and it prints while it waits, so no more). Printing: the objects that are not Services are cut
+# into chunks, taken in order as each process is free, each chunk CHUNK_SHARE of what the
+# earlier ones left per process (so the first are large and few), down to SMALLEST_CHUNK of all
+# of them: the processes end within about one smallest chunk's printing, and each chunk costs
+# one dump_part call (at 10k, 16 calls print the objects in no more CPU time than one). Nothing
+# here depends on how fast printing or allocating is: only a per-call cost, if dump_part ever
+# had a large one, would ask for fewer, larger chunks (a larger SMALLEST_CHUNK).
 PARENT_EXTRA = 0.0
-PARENT_PRINT_SHARE = {"yaml": 0.4, "json": 0.0}
+CHUNK_SHARE = 0.5
+SMALLEST_CHUNK = 1 / 64
 
 _SERVICE = ("v1", "Service")
 _SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
@@ -81,37 +92,70 @@ def allocate_sharded(docs: Sequence[Document], fmt: str, workers: int,
     shards = _shards(docs, workers, PARENT_EXTRA)
     if shards is None:
         return None
-    early, *runs = _print_runs(docs, len(shards) - 1, fmt)  # the parent's, then each worker's
-    children = [forkwork.start(_worker(shards[k], docs, runs[k - 1], fmt)) for k in range(1, len(shards))]
-    try:
+    chunks = _chunks(docs, len(shards))
+    with _Dispenser(len(chunks)) as dispenser:
+        children = [forkwork.start(_worker(shards[k], docs, chunks, dispenser, fmt)) for k in range(1, len(shards))]
+        forkwork.prefetch(children)  # (a thread per worker reads what it sends: it never waits for the parent)
         try:
-            mine = _validate(shards[0])
-        except _Bail:
-            return None
-        services = list(mine.services)
-        for child in children:  # (read at once: a worker prints only once its Services are sent)
-            message = forkwork.receive(child)  # ("services", (Service, ...)); None: it bailed or died
-            if type(message) is not tuple or message[0] != "services":
-                return None
-            services.extend(message[1])
-        objects: Sequence[Any] = [doc.obj for doc in docs]
-        parts = {run[0]: _print(objects, run, fmt) for run in early}  # a run's start -> its text
-        result = allocate(dataclasses.replace(mine, services=tuple(services)))
-        objects = fill_documents(docs, result)
-        for run in early:
-            if not _untouched(docs, objects, [run]):
-                parts[run[0]] = _print(objects, run, fmt)
-        for run in _complement(len(docs), [run for some in (early, *runs) for run in some]):
+            return _lead(docs, shards[0], chunks, dispenser, children, fmt, allocate)
+        finally:
+            forkwork.stop(children)
+
+
+def _lead(docs: Sequence[Document], shard: Sequence[Document], chunks: Sequence[Sequence[Run]],
+          dispenser: "_Dispenser", children: Sequence[forkwork.Worker], fmt: str,
+          allocate: Callable[[Cluster], AllocationResult]) -> Optional[tuple[str, AllocationResult]]:
+    """The parent's part of :func:`allocate_sharded`, the workers started."""
+    try:
+        mine = _validate(shard)
+    except _Bail:
+        return None
+    objects: Sequence[Any] = [doc.obj for doc in docs]
+    parts: dict[int, str] = {}  # a run's start -> its text
+    early: list[Run] = []  # the runs printed before the filling
+    while not all(map(forkwork.ready, children)):  # (a worker that bailed stops this too)
+        taken = dispenser.take()
+        if taken is None:
+            break
+        for run in chunks[taken]:
             parts[run[0]] = _print(objects, run, fmt)
-        for child, child_runs in zip(children, runs):
-            texts = forkwork.receive(child) if _untouched(docs, objects, child_runs) else None
-            if type(texts) is not list or len(texts) != len(child_runs):  # it died: print its runs here
-                texts = [_print(objects, run, fmt) for run in child_runs]
-            for (start, _), text in zip(child_runs, texts):
+            early.append(run)
+    services = list(mine.services)
+    for child in children:
+        message = forkwork.receive(child)  # ("services", (Service, ...)); None: it bailed or died
+        if type(message) is not tuple or message[0] != "services":
+            return None
+        services.extend(message[1])
+    result = allocate(dataclasses.replace(mine, services=tuple(services)))
+    objects = fill_documents(docs, result)
+    for run in early:
+        if not _untouched(docs, objects, [run]):
+            parts[run[0]] = _print(objects, run, fmt)
+    everything_in_chunks = [run for chunk in chunks for run in chunk]
+    for run in _complement(len(docs), everything_in_chunks):  # the Services
+        parts[run[0]] = _print(objects, run, fmt)
+    while (taken := dispenser.take()) is not None:
+        for run in chunks[taken]:
+            parts[run[0]] = _print(objects, run, fmt)
+    for child in children:
+        for start, end, text in _printed_by(child):
+            if _untouched(docs, objects, [(start, end)]):
                 parts[start] = text
-        return join_parts([parts[start] for start in sorted(parts)], fmt), result
-    finally:
-        forkwork.stop(children)
+    for run in everything_in_chunks:  # taken by a worker that died, or changed by the filling
+        if run[0] not in parts:
+            parts[run[0]] = _print(objects, run, fmt)
+    return join_parts([parts[start] for start in sorted(parts)], fmt), result
+
+
+def _printed_by(child: forkwork.Worker) -> list[tuple[int, int, str]]:
+    """The (start, end, text) of every run a worker printed and sent, until it says it is done
+    (or ends: a worker that died sent only some)."""
+    out: list[tuple[int, int, str]] = []
+    while True:
+        message = forkwork.receive(child)  # ("printed", [(start, end, text), ...]) or ("done",)
+        if type(message) is not tuple or message[0] != "printed":
+            return out
+        out.extend(message[1])
 
 
 def _validate(docs: Sequence[Document]) -> Cluster:
@@ -125,11 +169,12 @@ def _validate(docs: Sequence[Document]) -> Cluster:
     return parsed.cluster
 
 
-def _worker(shard: Sequence[Document], docs: Sequence[Document], runs: Sequence[Run], fmt: str
-            ) -> Callable[[Callable[[Any], None]], None]:
+def _worker(shard: Sequence[Document], docs: Sequence[Document], chunks: Sequence[Sequence[Run]],
+            dispenser: "_Dispenser", fmt: str) -> Callable[[Callable[[Any], None]], None]:
     """A worker's job: validate ``shard`` and send ("services", its Services), then print the
-    documents of ``runs`` (each unchanged by the allocation) and send their texts; nothing
-    when the shard needs the serial path."""
+    chunks it takes from ``dispenser`` (each unchanged by the allocation) and send
+    ("printed", [(start, end, text), ...]) for each, then ("done",); nothing when the shard
+    needs the serial path."""
     def work(send: Callable[[Any], None]) -> None:
         try:
             cluster = _validate(shard)
@@ -138,9 +183,41 @@ def _worker(shard: Sequence[Document], docs: Sequence[Document], runs: Sequence[
         services: tuple[Service, ...] = cluster.services
         send(("services", services))
         objects = [doc.obj for doc in docs]
-        send([_print(objects, run, fmt) for run in runs])
+        while (taken := dispenser.take()) is not None:
+            send(("printed", [(start, end, _print(objects, (start, end), fmt)) for start, end in chunks[taken]]))
+        send(("done",))
 
     return work
+
+
+class _Dispenser:
+    """Chunk numbers that several processes take, each number once: a pipe filled before the
+    workers are forked (they share it), its write end closed, read two bytes at a time (reads of
+    a pipe are atomic, so no two processes get the same number)."""
+
+    _NUMBER = struct.Struct(">H")
+    MAX = select.PIPE_BUF // _NUMBER.size  # (how many numbers one atomic write holds)
+
+    def __init__(self, count: int) -> None:
+        """A dispenser of the numbers 0 .. ``count - 1`` (at most :attr:`MAX`), in order."""
+        if not 0 <= count <= self.MAX:
+            raise ValueError(f"a dispenser holds 0 to {self.MAX} numbers, not {count}")
+        self._read, write = os.pipe()
+        try:
+            os.write(write, b"".join(self._NUMBER.pack(n) for n in range(count)))  # (one atomic write)
+        finally:
+            os.close(write)
+
+    def take(self) -> Optional[int]:
+        """The next number, or None when every number is taken."""
+        data = os.read(self._read, self._NUMBER.size)
+        return self._NUMBER.unpack(data)[0] if len(data) == self._NUMBER.size else None
+
+    def __enter__(self) -> "_Dispenser":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._read)
 
 
 def _print(objects: Sequence[Any], run: Run, fmt: str) -> str:
@@ -166,25 +243,26 @@ def _complement(n: int, runs: Sequence[Run]) -> list[Run]:
     return out
 
 
-def _print_runs(docs: Sequence[Document], children: int, fmt: str) -> list[list[Run]]:
-    """The runs of consecutive documents each process prints before the allocation is known,
-    the parent's first: the objects that are not Services (the allocation changes none of
-    them) in document order, the parent's share (:data:`PARENT_PRINT_SHARE`) first, the rest
-    cut into ``children`` contiguous groups of about the same count."""
+def _chunks(docs: Sequence[Document], processes: int) -> list[list[Run]]:
+    """The objects that are not Services (the allocation changes none of them), in document
+    order, cut into chunks for ``processes`` processes to take in turn: each
+    :data:`CHUNK_SHARE` of what is left per process, and at least :data:`SMALLEST_CHUNK` of
+    them all (at most :attr:`_Dispenser.MAX` chunks); each chunk as its runs of consecutive
+    documents."""
     fixed = [i for i, doc in enumerate(docs) if _kind(doc.obj) != _SERVICE]
-    skip = round(len(fixed) * PARENT_PRINT_SHARE.get(fmt, 0.0))
-    rest = fixed[skip:]
-    groups = [fixed[:skip], *(rest[len(rest) * k // children:len(rest) * (k + 1) // children]
-                               for k in range(children))]
+    smallest = max(1, math.ceil(len(fixed) * SMALLEST_CHUNK), math.ceil(len(fixed) / _Dispenser.MAX))
     out = []
-    for group in groups:
+    at = 0
+    while at < len(fixed):
+        size = max(smallest, math.ceil((len(fixed) - at) * CHUNK_SHARE / processes))
         runs: list[Run] = []
-        for i in group:
+        for i in fixed[at:at + size]:
             if runs and runs[-1][1] == i:
                 runs[-1] = (runs[-1][0], i + 1)
             else:
                 runs.append((i, i + 1))
         out.append(runs)
+        at += size
     return out
 
 

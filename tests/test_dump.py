@@ -166,3 +166,188 @@ def test_long_keys_are_written_as_pyyaml_writes_them(length, fill):
     key = (fill * length)[:length - 1] + "x"
     objects = [{"metadata": {"labels": {key: "v"}, "annotations": {key + " ": None}}}]
     assert dump_yaml(objects) == reference_yaml(objects)
+
+
+# ------------------------------------------------- generated writers (shapes met again), JSON's float walk
+
+# Few keys, so that shapes (keys in order, where the mapping starts) repeat within and across
+# documents, in several orders, with values of every kind in the same place.
+SHAPE_KEYS = st.sampled_from(["a", "b", "kind", "name"])
+SHAPE_SCALARS = st.one_of(st.sampled_from(["x", "10.0.0.1", "1", "true", "a b", "yes", "", "0x1F", "1e3", "2024-01-01",
+                                           "7c0f6e4e-1d9a-4b8e-9a56-0d7b5e1f2a3b", "1.2.3.4", "1-2-3-4-5", "1.5",
+                                           "1.5e-3", "1_0", "0o7", "on", "2024-01-01-1"]),
+                          st.booleans(), st.integers(-3, 3), st.none(), st.floats(allow_nan=True, allow_infinity=True),
+                          st.text(alphabet=st.sampled_from("ab "), min_size=55, max_size=80))
+SHAPED = st.recursive(SHAPE_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                             st.dictionaries(SHAPE_KEYS, inner, max_size=4)),
+                      max_leaves=25)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.dictionaries(SHAPE_KEYS, SHAPED, min_size=1, max_size=4),
+                          st.lists(SHAPED, min_size=1, max_size=4)), min_size=1, max_size=8))
+def test_shapes_met_again_are_written_as_the_pure_dumper_writes_them(objects):
+    """Mappings of one shape met several times are written by a generated writer: values of other
+    kinds than the first met, bools and ints and floats in one place, keys reordered, strings
+    near the fold."""
+    objects = objects + objects  # every shape met at least twice
+    assert dump_yaml(objects) == reference_yaml(objects)
+
+
+def test_one_shape_with_every_kind_of_value_in_turn(monkeypatch):
+    made = []
+    real = dump._writer_factory
+
+    def spy(kinds):
+        made.append(kinds)
+        return real(kinds)
+
+    monkeypatch.setattr(dump, "_writer_factory", spy)
+    values = [True, 1, 1.0, False, 0, 0.0, None, "1", "true", "x", {}, [], {"k": 1}, ["v"], ["v", {"k": True}],
+              [["a"], []], 2**70, float("nan"), "word " * 14, -1.5e-7]
+    objects = [{"spec": {"port": value, "name": value}} for value in values]
+    objects += [{"spec": {"name": value, "port": value}} for value in reversed(values)]  # keys reordered
+    assert dump_yaml(objects) == reference_yaml(objects)
+    assert made, "no writer was generated"
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 5])
+def test_strings_near_the_fold_at_every_depth(depth):
+    """A string with spaces may be folded past column 80: the writer checks its column each time
+    (the same string, the same shape, at other depths)."""
+    objects = []
+    for length in range(60, 84):
+        text = ("ab " * 40)[:length - 1] + "z"
+        value: object = {"key": text, "other": [text]}
+        for _ in range(depth):
+            value = {"in": value, "items": [value]}
+        objects += [value, value]
+    assert dump_yaml(objects) == reference_yaml(objects)
+
+
+def test_a_document_left_to_pyyaml_midway_through_a_generated_writer():
+    """A shape met twice is written by its writer; a third instance holds a string that needs double
+    quotes: that document goes to PyYAML, the others stay fast and exact."""
+    plain = {"metadata": {"name": "a", "labels": {"x": "y"}}}
+    objects = [plain, plain, {"metadata": {"name": "b\tc", "labels": {"x": "y"}}}, plain,
+               {"metadata": {"name": "c", "labels": {"x": "\u00e9"}}}, plain]
+    assert dump_yaml(objects) == reference_yaml(objects)
+
+
+def test_wide_mappings_are_written_by_the_loop():
+    wide = {f"key{i}": (i if i % 3 else f"v{i}") for i in range(dump._MAX_GENERATED_KEYS + 6)}
+    objects = [wide, {"spec": wide}, wide, {"spec": wide}]
+    assert dump_yaml(objects) == reference_yaml(objects)
+
+
+def test_sequences_of_one_string_lists_in_lists_and_empty_containers():
+    objects = [{"a": ["x"], "b": ["1"], "c": [["x"]], "d": [[]], "e": [{}], "f": [["x", ["y"]], "z"],
+                "g": [None, True, 1]},
+               [["x"], "y", {"a": ["b"]}, [], {}], ["x"], [["x"]],
+               # a list whose items tuple() like the mappings' keys: not a mapping of that shape
+               {"items": [{"a": 1, "b": 2}, {"a": 3, "b": 4}, ["a", "b"], {"a": 5, "b": 6}]},
+               {"items": [{"a": 1, "b": 2}, {"a": 3, "b": 4}, {"b": 5, "a": 6}]}] * 3
+    assert dump_yaml(objects) == reference_yaml(objects)
+
+
+SIMPLE_ALPHABET = st.sampled_from("0123456789abefinoxyETNOY._/-+:~ \u00e9\ud800")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=SIMPLE_ALPHABET, max_size=14) | st.from_regex(r"[0-9][0-9a-f.-]{0,40}", fullmatch=True))
+def test_strings_are_quoted_as_the_resolvers_say(text):
+    """_Lines decides plain or quoted without the resolvers' patterns for most strings (bounds on
+    what they can match); the pure dumper's own choice is the reference."""
+    objects = [{"v": text}, [text]]
+    assert dump_yaml(objects) == reference_yaml(objects)
+
+
+@pytest.mark.parametrize("pattern, char, want", [
+    (r"^(?:a|bc)$", None, 2), (r"^(?:a|bc)$", "b", 1), (r"^x{2,3}-?$", "x", 3), (r"^x{2,3}-?$", "-", 1),
+    (r"^[0-9]+$", "-", 0), (r"^[0-9]+$", None, math.inf), (r"^a", None, math.inf),  # no $: a prefix
+    (r"^(a)\1$", None, math.inf), (r"^[^a]$", "a", 1), (r"^(?=x)x$", "x", 1), (r"^(?i:a)$", None, math.inf)])
+def test_most_bounds_what_a_pattern_can_match(pattern, char, want):
+    import re
+    assert dump._most(re.compile(pattern), char) == want
+
+
+def test_bounds_of_the_resolvers_hold():
+    """Strings of the resolvers' own types within the bounds, and every bound met."""
+    styles = dump._Styles()
+    for text in ["2024-01-01", "1.5e-3", "-1.5e-3", "+1", "0x1F", "1_000", ".inf", "true", "FALSE", "null", "off"]:
+        first = text[0]
+        length, dashes, dots, _ = styles._bounds[first]
+        assert len(text) <= length and text.count("-") <= dashes and text.count(".") <= dots, text
+
+
+def _reference_has_finite_float(obj) -> bool:
+    if type(obj) is float:
+        return math.isfinite(obj)
+    if type(obj) is dict:
+        return any(map(_reference_has_finite_float, obj.values()))
+    if type(obj) is list or type(obj) is tuple:
+        return any(map(_reference_has_finite_float, obj))
+    return False
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3),
+              st.floats(allow_nan=True, allow_infinity=True),
+              st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e16, 1e-7])),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
+                            st.dictionaries(st.text(max_size=2), inner, max_size=4)), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_the_float_walk_never_misses_a_float(obj):
+    assert dump._has_finite_float(obj) == _reference_has_finite_float(obj)
+    if not _has_nan_or_inf_anywhere(obj):
+        assert dump_json(obj) == reference_json(obj)
+
+
+def _has_nan_or_inf_anywhere(obj) -> bool:
+    if type(obj) is float:
+        return not math.isfinite(obj)
+    if type(obj) is dict:
+        return any(map(_has_nan_or_inf_anywhere, obj.values()))
+    if type(obj) in (list, tuple):
+        return any(map(_has_nan_or_inf_anywhere, obj))
+    return False
+
+
+def test_floats_deep_in_lists_and_tuples():
+    deep: object = 1.5
+    for level in range(40):
+        deep = [deep] if level % 3 == 0 else (deep,) if level % 3 == 1 else {"k": deep}
+    obj = {"a": [1, "2", None, True, {"b": ()}], "deep": deep}
+    assert dump._has_finite_float(obj)
+    assert dump_json(obj) == reference_json(obj)
+    assert not dump._has_finite_float({"a": [float("nan"), (float("inf"),), {"b": -float("inf")}], "c": [[], {}, ()]})
+    assert not dump._has_finite_float([])
+
+
+def test_the_float_walk_does_not_look_into_other_types():
+    """Objects of other types (orjson writes them its own way) are not descended into, nor are the
+    floats of a dict subclass: as the walk in Python did."""
+    class Sub(dict):
+        pass
+
+    obj = {"sub": Sub(x=1.5), "n": 1, "s": "t"}
+    assert not dump._has_finite_float(obj)
+    assert dump._has_finite_float({"sub": Sub(x=1.5), "f": [2.5]})
+
+    # orjson writes other types its own way; json.dumps cannot: they stay with orjson
+    import datetime
+    stamp = {"t": datetime.datetime(2024, 4, 1, 12, 0, tzinfo=datetime.timezone.utc), "n": [1, "x"]}
+    assert dump_json(stamp) == '{\n  "t": "2024-04-01T12:00:00+00:00",\n  "n": [\n    1,\n    "x"\n  ]\n}\n'
+
+
+@pytest.mark.parametrize("depth", [40, 300])
+def test_deep_documents(depth):
+    """Writers call writers level after level; a deep document is still the pure dumper's text."""
+    value: object = "x"
+    for level in range(depth):
+        value = {"k": value, "l": ["y"]} if level % 2 else [{"a": 1}, value]
+    objects = [value, value]
+    assert dump_yaml(objects) == reference_yaml(objects)

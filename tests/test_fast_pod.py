@@ -239,3 +239,74 @@ def test_the_pod_fields_are_in_the_order_fast_pod_gives_them():
     assert [f.name for f in dataclasses.fields(Pod)] == [
         "namespace", "name", "labels", "node_name", "pod_ips", "ready", "terminating", "phase", "hostname",
         "subdomain", "container_ports", "sidecar_ports", "ref"]
+
+
+# ------------------------------------------------------------- what a Deployment's Pods share
+
+
+def test_pods_with_the_same_labels_and_containers_share_them(monkeypatch):
+    """A Deployment's Pods: the second is built from what the first was (the same tuples), and
+    both are what the validator builds."""
+    first, second = _pod(), _pod()
+    second["metadata"]["name"] = "web-7d9f-fghij"
+    a, b = (fast_pod(Checker("pods.yaml", 3, "Pod"), obj) for obj in (first, second))
+    assert a.labels is b.labels and a.container_ports is b.container_ports and a.sidecar_ports is b.sidecar_ports
+    for pod, obj in ((a, first), (b, second)):
+        fast, full = _both(obj, monkeypatch)
+        assert full[2] == [] and pod == full[0] == fast[0]
+
+
+@pytest.mark.parametrize("path, value, twin", [
+    ("spec.containers[0].ports[0].containerPort", 8080.0, 8080),  # equal
+    ("spec.containers[0].ports[0].containerPort", True, 1),  # equal
+    ("spec.containers[0].ports[0].name", float("nan"), None),  # both written null by orjson
+    ("spec.containers[0].ports[0].name", float("inf"), None),
+    ("spec.initContainers[0].restartPolicy", "OnFailure", "Always"),
+    ("metadata.labels.tier", 1, "1"),
+    ("metadata.labels.tier", True, "true"),
+    ("metadata.labels.tier", ["front"], "front"),
+])
+def test_a_value_like_a_shared_one_is_read_by_its_own_type(path, value, twin, monkeypatch):
+    """After a valid Pod with ``twin`` filled the shared lookups, a Pod with ``value`` there (equal
+    to it, or written alike) is judged by what it holds: the same Pod and problems as the
+    validator alone gives."""
+    warm = _set(path, twin)(_pod())
+    assert fast_pod(Checker("pods.yaml", 1, "Pod"), warm) is not None
+    changed = _set(path, value)(_pod())
+    fast, full = _both(changed, monkeypatch)
+    assert fast == full
+    quick = fast_pod(Checker("pods.yaml", 3, "Pod"), changed)
+    assert (quick is not None) == (full[2] == [])
+    if quick is not None:
+        assert quick == full[0]
+
+
+@pytest.mark.parametrize("path, make", [
+    ("spec.containers[0].ports[0].name", lambda: type("Name", (str,), {})("http")),
+    ("spec.containers[0].ports[0].containerPort", lambda: type("Port", (int,), {})(8080)),
+    ("metadata.labels.app", lambda: type("Value", (str,), {})("web")),
+])
+def test_values_of_subclasses_agree_with_the_validator(path, make, monkeypatch):
+    """A str or int subclass (a library caller's), equal to a shared value: the same Pod and
+    problems as the validator alone gives."""
+    assert fast_pod(Checker("pods.yaml", 1, "Pod"), _pod()) is not None  # (fills the lookups)
+    obj = _set(path, make())(_pod())
+    fast, full = _both(obj, monkeypatch)
+    assert fast == full
+    quick = fast_pod(Checker("pods.yaml", 3, "Pod"), obj)
+    assert quick is None or (full[2] == [] and quick == full[0])
+
+
+def test_the_shared_lookups_stop_growing_at_their_bound(monkeypatch):
+    from dataplane.input import fastpod
+
+    monkeypatch.setattr(fastpod, "_MAX_SHARED", 3)
+    monkeypatch.setattr(fastpod, "_LABELS", {})
+    monkeypatch.setattr(fastpod, "_CONTAINERS", {})
+    for n in range(10):
+        obj = _pod()
+        obj["metadata"]["labels"]["n"] = str(n)
+        obj["spec"]["containers"][1]["ports"][0]["containerPort"] = 9000 + n
+        pod = fast_pod(Checker("pods.yaml", 1, "Pod"), obj)
+        assert dict(pod.labels)["n"] == str(n) and pod.container_ports[-1].container_port == 9000 + n
+    assert len(fastpod._LABELS) == 3 and len(fastpod._CONTAINERS) == 3

@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -229,8 +230,8 @@ def test_a_worker_that_dies_after_validating_has_its_part_printed_by_the_parent(
     docs = docs_of(to_allocate(20))
     real = parallel_allocate._worker
 
-    def dies_before_printing(shard, docs, runs, fmt):
-        work = real(shard, docs, runs, fmt)
+    def dies_before_printing(*args):
+        work = real(*args)
 
         def run(send):
             work(lambda value: send(value) if value[0] == "services" else os._exit(3))
@@ -262,11 +263,138 @@ def test_an_object_changed_by_the_filling_is_printed_as_changed(small_shards, mo
     monkeypatch.setattr(parallel_allocate, "fill_documents", fill_also_a_node)
     monkeypatch.setattr(allocation, "fill_documents", fill_also_a_node)
     docs = docs_of(to_allocate(20))
-    early, worker = parallel_allocate._print_runs(docs, 1, "yaml")
-    assert early and worker
+    assert len(parallel_allocate._chunks(docs, 2)) > 2
     got = sharded(docs, "yaml", 2)
     assert "name: renamed-EndpointSlice" in got[0] and "name: renamed-Node" in got[0]
     assert got == serial(docs, "yaml")
+
+
+def _fill_also_a_slice_and_a_node(monkeypatch):
+    """Make the filling give new objects for the first EndpointSlice and Node (it never does):
+    what was printed of them before it must be printed again."""
+    real = allocation.fill_documents
+
+    def fill(docs, result):
+        out = real(docs, result)
+        for kind in ("EndpointSlice", "Node"):
+            i = next(i for i, d in enumerate(docs) if d.obj["kind"] == kind)
+            out[i] = {**out[i], "metadata": {**out[i]["metadata"], "name": f"renamed-{kind}"}}
+        return out
+
+    monkeypatch.setattr(parallel_allocate, "fill_documents", fill)
+    monkeypatch.setattr(allocation, "fill_documents", fill)
+
+
+def _printed_here(monkeypatch) -> list:
+    """The runs this process prints through parallel_allocate._print, in order."""
+    runs: list = []
+    parent = os.getpid()
+    real = parallel_allocate._print
+
+    def record(objects, run, fmt):
+        if os.getpid() == parent:
+            runs.append(run)
+        return real(objects, run, fmt)
+
+    monkeypatch.setattr(parallel_allocate, "_print", record)
+    return runs
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_the_parent_prints_while_it_waits_for_a_slow_worker(small_shards, monkeypatch, fmt):
+    """The chunks are the parent's while the worker is late with its Services; what it printed
+    before the filling and that the filling changed is printed again."""
+    docs = docs_of(to_allocate(30))
+    chunk_runs = [run for chunk in parallel_allocate._chunks(docs, 2) for run in chunk]
+    go_r, go_w = os.pipe()  # the parent says when it has printed half the chunks' runs
+    real = parallel_allocate._worker
+
+    def slow(*args):
+        work = real(*args)
+
+        def run(send):
+            select.select([go_r], [], [], 120)
+            work(send)
+        return run
+
+    monkeypatch.setattr(parallel_allocate, "_worker", slow)
+    _fill_also_a_slice_and_a_node(monkeypatch)
+    printed = _printed_here(monkeypatch)
+    real_print = parallel_allocate._print
+
+    def print_then_say_go(objects, run, fmt):
+        text = real_print(objects, run, fmt)
+        if 2 * len(set(chunk_runs) & set(printed)) >= len(chunk_runs):
+            os.write(go_w, b"g")
+        return text
+
+    monkeypatch.setattr(parallel_allocate, "_print", print_then_say_go)
+    try:
+        got = sharded(docs, fmt, 2)
+    finally:
+        os.close(go_r)
+        os.close(go_w)
+    assert 2 * len(set(chunk_runs) & set(printed)) >= len(chunk_runs)  # (half the chunks at least, by the parent)
+    assert len(printed) > len(set(printed))  # and some twice
+    assert got == serial(docs, fmt) and "renamed-EndpointSlice" in got[0] and "renamed-Node" in got[0]
+
+
+def test_a_slow_parent_leaves_the_chunks_to_the_worker(small_shards, monkeypatch):
+    """The worker takes every chunk while the parent validates; the parent prints again what the
+    filling changed, and no chunk that the worker printed."""
+    parent = os.getpid()
+    real = parallel_allocate._validate
+    started = []
+    real_prefetch = forkwork.prefetch
+
+    def prefetch(workers):
+        started.extend(workers)
+        real_prefetch(workers)
+
+    def slow_in_the_parent(shard):
+        if os.getpid() == parent:  # (until the worker has sent everything and exited)
+            for worker in started:
+                worker.reader.join(120)
+        return real(shard)
+
+    monkeypatch.setattr(forkwork, "prefetch", prefetch)
+    monkeypatch.setattr(parallel_allocate, "_validate", slow_in_the_parent)
+    _fill_also_a_slice_and_a_node(monkeypatch)
+    printed = _printed_here(monkeypatch)
+    docs = docs_of(to_allocate(30))
+    got = sharded(docs, "yaml", 2)
+    changed = {i for i, d in enumerate(docs) if d.obj["kind"] in ("EndpointSlice", "Node")}
+    chunk_runs = [run for chunk in parallel_allocate._chunks(docs, 2)
+                  for run in chunk]
+    reprinted = [run for run in printed if run in chunk_runs]
+    assert reprinted and all(any(start <= i < end for i in changed) for start, end in reprinted), reprinted
+    assert got == serial(docs, "yaml") and "renamed-EndpointSlice" in got[0]
+
+
+def test_the_dispenser_gives_each_number_once():
+    count = parallel_allocate._Dispenser.MAX
+    with parallel_allocate._Dispenser(count) as dispenser:
+        def take_all(send):
+            taken = []
+            while (n := dispenser.take()) is not None:
+                taken.append(n)
+                time.sleep(0.0005)
+            send(taken)
+
+        workers = [forkwork.start(take_all) for _ in range(3)]
+        try:
+            mine = []
+            while (n := dispenser.take()) is not None:
+                mine.append(n)
+                time.sleep(0.0005)
+            theirs = [forkwork.receive(w) for w in workers]
+        finally:
+            forkwork.stop(workers)
+    everything = mine + [n for taken in theirs for n in taken]
+    assert sorted(everything) == list(range(count)) and all(t == sorted(t) for t in theirs)
+    assert sum(1 for taken in theirs if taken) >= 1
+    with pytest.raises(ValueError):
+        parallel_allocate._Dispenser(count + 1)
 
 
 def test_stopped_workers_are_reaped():

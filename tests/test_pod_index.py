@@ -111,3 +111,50 @@ def test_the_coverage_warning_uses_the_same_selection():
     assert len(services_without_endpoints([hit, both, miss, other_ns], [], pods)) == 2
     for svc, warned in ((hit, False), (both, False), (miss, True), (other_ns, True)):
         assert bool(services_without_endpoints([svc], [], pods)) is warned, svc
+
+
+def test_labels_given_as_lists_or_with_a_key_twice_index_as_a_scan_finds_them():
+    """Pods a library caller builds: pairs as lists, a key given twice (its last value counts)."""
+    pods = [Pod("a", "p1", labels=[["app", "x"]]), Pod("a", "p2", labels=(("app", "x"), ("app", "y"))),
+            Pod("a", "p3", labels=(("app", "y"), ("app", "x"))), Pod("a", "p4", labels=(("app", "x"),))]
+    index = PodIndex(pods)
+    for selector in ((("app", "x"),), (("app", "y"),), (("app", "x"), ("app", "y"))):
+        assert index.select("a", selector) == [p for p in pods if selects(selector, p)], selector
+    assert [p.name for p in index.select("a", (("app", "x"),))] == ["p1", "p3", "p4"]
+
+
+def test_pods_sharing_or_repeating_container_ports_are_grouped_by_the_ports_they_resolve_to():
+    """A named targetPort resolves per Pod; Pods whose container ports are the same tuple (a
+    Deployment's, as the fast reader shares them) and Pods with equal copies or other ports give
+    the slices they give when no Pod shares anything: one slice per resolved port list."""
+    from dataplane.model import ContainerPort
+
+    http = (ContainerPort(8080, name="http"),)
+    other = (ContainerPort(9090, name="http"),)
+    ports_of = [http, http, tuple(http), other, (), http, other, tuple(other), http]
+    svc = Service("shop", "web", cluster_ips=("10.96.0.10",), selector=(("app", "web"),),
+                  ports=(ServicePort(80, name="web", target_port="http"),))
+
+    def cluster(fresh: bool) -> Cluster:
+        pods = tuple(Pod("shop", f"web-{n}", labels=(("app", "web"),), pod_ips=(f"10.1.0.{n + 1}",), ready=True,
+                         container_ports=tuple(ContainerPort(p.container_port, p.protocol, p.name) for p in ports)
+                         if fresh else ports)
+                     for n, ports in enumerate(ports_of))
+        return Cluster(services=(svc,), pods=pods)
+
+    shared, unshared = derive_endpoint_slices(cluster(False)), derive_endpoint_slices(cluster(True))
+    assert shared == unshared
+    by_port = {s.ports[0].port if s.ports else None: sorted(e.target_ref_name for e in s.endpoints) for s in shared}
+    assert by_port == {8080: ["web-0", "web-1", "web-2", "web-5", "web-8"], 9090: ["web-3", "web-6", "web-7"],
+                       None: ["web-4"]}  # (no port of that name: an endpoint without ports)
+
+
+def test_the_endpoint_fields_are_in_the_order_the_controller_gives_them():
+    """endpointslices._endpoint builds the Endpoint positionally, for speed."""
+    import dataclasses
+
+    from dataplane.model import Endpoint
+
+    assert [f.name for f in dataclasses.fields(Endpoint)] == [
+        "addresses", "conditions", "node_name", "zone", "hints_for_zones", "hints_for_nodes", "hostname",
+        "target_ref_name"]

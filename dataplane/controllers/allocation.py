@@ -29,57 +29,41 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Sequence
+from operator import attrgetter
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from ..errors import InputError, Problem, UsageError
+from ..errors import InputError, Problem
 from ..input.loader import Document
-from ..ipaddrs import IPNetwork, ip_family, parse_cidr, parse_ip
+from ..ipaddrs import IPNetwork, ip_family, is_canonical_ipv4, parse_cidr, parse_ip
 from ..model import Cluster, ObjectRef, Service
+from .allocation_state import (  # (re-exported: the state is part of this module's API)
+    DEFAULT_NODE_PORT_RANGE,
+    DEFAULT_SERVICE_CIDRS,
+    OTHER_FAMILY,
+    STATE_KIND,
+    STATE_VERSION,
+    AllocationState,
+    HeldNodePort,
+    HeldValues,
+    parse_node_port_range,
+    parse_service_cidrs,
+)
 from .ipallocator import MetaAllocator
 from .portallocator import AllocatorError, NotInRangeError, PortAllocator, PortRange
 
-DEFAULT_SERVICE_CIDRS: tuple[str, ...] = ("10.96.0.0/12",)
-DEFAULT_NODE_PORT_RANGE = "30000-32767"
+__all__ = [
+    "DEFAULT_NODE_PORT_RANGE", "DEFAULT_SERVICE_CIDRS", "STATE_KIND", "STATE_VERSION", "SINGLE_STACK",
+    "PREFER_DUAL_STACK", "REQUIRE_DUAL_STACK", "AllocationResult", "AllocationState", "HeldNodePort", "HeldValues",
+    "ServiceAllocation", "allocate_cluster", "cluster_service_ranges", "fill_documents", "parse_node_port_range",
+    "parse_service_cidrs",
+]
 
 SINGLE_STACK = "SingleStack"
 PREFER_DUAL_STACK = "PreferDualStack"
 REQUIRE_DUAL_STACK = "RequireDualStack"
 
-STATE_KIND = "AllocationState"
-STATE_VERSION = 1
-
-_OTHER_FAMILY = {"IPv4": "IPv6", "IPv6": "IPv4"}
-
 
 # ------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class HeldNodePort:
-    """A nodePort a Service holds, with the Service port it belongs to."""
-
-    name: str
-    port: int
-    protocol: str
-    node_port: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeldValues:
-    """What one Service holds from the allocators."""
-
-    cluster_ips: tuple[str, ...] = ()
-    ip_families: tuple[str, ...] = ()
-    node_ports: tuple[HeldNodePort, ...] = ()
-    health_check_node_port: Optional[int] = None
-
-    def holds_ip(self, ip: str) -> bool:
-        """True if ``ip`` is one of the held ClusterIPs."""
-        return ip in self.cluster_ips
-
-    def holds_port(self, port: int) -> bool:
-        """True if ``port`` is a held nodePort or the held healthCheckNodePort."""
-        return port == self.health_check_node_port or any(h.node_port == port for h in self.node_ports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,96 +92,6 @@ class ServiceAllocation:
 
 
 @dataclass(frozen=True)
-class AllocationState:
-    """What every Service holds, for the ranges it was made with; JSON-serialisable.
-
-    ``path`` (not serialised) names the file the state came from, for messages.
-    """
-
-    node_port_range: str
-    service_cidrs: tuple[str, ...]
-    services: Mapping[str, HeldValues] = field(default_factory=dict)
-    path: Optional[str] = field(default=None, compare=False)
-
-    @classmethod
-    def new(
-        cls,
-        node_port_range: str = DEFAULT_NODE_PORT_RANGE,
-        service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
-        *,
-        path: Optional[str] = None,
-    ) -> "AllocationState":
-        """An empty state for the given ranges (UsageError if they are invalid)."""
-        port_range = parse_node_port_range(node_port_range)
-        networks = parse_service_cidrs(service_cidrs)
-        return cls(str(port_range), tuple(str(n) for n in networks), {}, path)
-
-    def check_ranges(self, port_range: PortRange, networks: Sequence[IPNetwork]) -> None:
-        """UsageError unless the state was made for exactly these ranges."""
-        where = f"state file {self.path}" if self.path else "allocation state"
-        if self.node_port_range != str(port_range):
-            raise UsageError(
-                f"{where} was made for service-node-port-range {self.node_port_range}, "
-                f"not {port_range}; remove it or use the same range"
-            )
-        wanted = ",".join(str(n) for n in networks)
-        held = ",".join(self.service_cidrs)
-        if held != wanted:
-            raise UsageError(
-                f"{where} was made for service-cluster-ip-range {held}, not {wanted}; "
-                "remove it or use the same range"
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        """The state as a JSON-ready dict."""
-        return {
-            "kind": STATE_KIND,
-            "version": STATE_VERSION,
-            "serviceNodePortRange": self.node_port_range,
-            "serviceClusterIPRange": list(self.service_cidrs),
-            "services": {key: _held_to_json(self.services[key]) for key in sorted(self.services)},
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, *, path: Optional[str] = None) -> "AllocationState":
-        """Rebuild a state from :meth:`to_json` output; UsageError if it is malformed."""
-        where = f"state file {path}" if path else "allocation state"
-        try:
-            return _state_from_json(data, path)
-        except (TypeError, ValueError, KeyError) as err:
-            raise UsageError(f"{where}: {err}") from None
-
-    @classmethod
-    def load(cls, path: str) -> "AllocationState":
-        """Read a state file; UsageError if it cannot be read or is malformed."""
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as err:
-            raise UsageError(f"cannot read state file {path}: {err.strerror or err}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(
-                f"state file {path}: line {err.lineno}, column {err.colno}: cannot parse JSON: {err.msg}"
-            ) from None
-        return cls.from_json(data, path=path)
-
-    def save(self, path: Optional[str] = None) -> None:
-        """Write the state as JSON to ``path`` (default: where it was loaded from), atomically."""
-        target = path or self.path
-        if not target:
-            raise UsageError("no path to save the allocation state to")
-        text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
-        from ..output import OutputError, write_output
-
-        try:
-            write_output(text, target)
-        except OutputError as err:
-            raise UsageError(f"cannot write state file {target}: {err.reason}") from None
-
-
-@dataclass(frozen=True)
 class AllocationResult:
     """The filled-in cluster, what each Service got (keyed ``namespace/name``) and the new state."""
 
@@ -206,112 +100,10 @@ class AllocationResult:
     state: AllocationState
 
 
-# ------------------------------------------------------------ state (de)coding
-
-
-def _held_to_json(held: HeldValues) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if held.cluster_ips:
-        out["clusterIPs"] = list(held.cluster_ips)
-    if held.ip_families:
-        out["ipFamilies"] = list(held.ip_families)
-    if held.node_ports:
-        out["nodePorts"] = [
-            {"name": h.name, "port": h.port, "protocol": h.protocol, "nodePort": h.node_port}
-            for h in held.node_ports
-        ]
-    if held.health_check_node_port is not None:
-        out["healthCheckNodePort"] = held.health_check_node_port
-    return out
-
-
-def _state_from_json(data: Any, path: Optional[str]) -> AllocationState:
-    """Decode a state dict; TypeError/ValueError/KeyError describe what is wrong."""
-    if not isinstance(data, dict):
-        raise TypeError("must be a JSON object")
-    if data.get("kind") != STATE_KIND or data.get("version") != STATE_VERSION:
-        raise ValueError(f"not a version {STATE_VERSION} {STATE_KIND} (kind/version fields)")
-    port_range = PortRange.parse(_expect(data, "serviceNodePortRange", str))
-    cidrs = _expect(data, "serviceClusterIPRange", list)
-    networks = tuple(str(parse_cidr(_typed(c, str, "serviceClusterIPRange entry"))) for c in cidrs)
-    services = {
-        _typed(key, str, "service key"): _held_from_json(key, _typed(value, dict, f"services[{key}]"))
-        for key, value in _expect(data, "services", dict).items()
-    }
-    return AllocationState(str(port_range), networks, services, path)
-
-
-def _held_from_json(key: str, data: dict[str, Any]) -> HeldValues:
-    ips = tuple(str(parse_ip(_typed(ip, str, f"{key} clusterIPs entry"))) for ip in data.get("clusterIPs", []))
-    families = tuple(_typed(f, str, f"{key} ipFamilies entry") for f in data.get("ipFamilies", []))
-    if any(f not in _OTHER_FAMILY for f in families):
-        raise ValueError(f"{key}: ipFamilies must be IPv4 or IPv6")
-    ports = tuple(
-        HeldNodePort(
-            name=_expect(entry, "name", str),
-            port=_expect(entry, "port", int),
-            protocol=_expect(entry, "protocol", str),
-            node_port=_expect(entry, "nodePort", int),
-        )
-        for entry in (_typed(e, dict, f"{key} nodePorts entry") for e in data.get("nodePorts", []))
-    )
-    hc = data.get("healthCheckNodePort")
-    if hc is not None:
-        _typed(hc, int, f"{key} healthCheckNodePort")
-    return HeldValues(ips, families, ports, hc)
-
-
-def _expect(data: dict[str, Any], key: str, kind: type) -> Any:
-    if key not in data:
-        raise KeyError(f"missing field {key}")
-    return _typed(data[key], kind, key)
-
-
-def _typed(value: Any, kind: type, what: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TypeError(f"{what} must be a JSON {_JSON_NAMES[kind]}")
-    return value
-
-
-_JSON_NAMES = {str: "string", int: "integer", list: "array", dict: "object"}
-
-
-# ------------------------------------------------------------ range arguments
-
-
-def parse_node_port_range(text: str | PortRange) -> PortRange:
-    """The ``--service-node-port-range`` value; UsageError if it is invalid."""
-    if isinstance(text, PortRange):
-        return text
-    try:
-        return PortRange.parse(text)
-    except ValueError as err:
-        raise UsageError(f"invalid service-node-port-range: {err}") from None
-
-
-def parse_service_cidrs(cidrs: Sequence[str] | str) -> tuple[IPNetwork, ...]:
-    """The ``--service-cluster-ip-range`` CIDRs (one per family, comma lists allowed); UsageError if invalid."""
-    items = [cidrs] if isinstance(cidrs, str) else list(cidrs)
-    texts = [part.strip() for item in items for part in item.split(",") if part.strip()]
-    if not texts:
-        raise UsageError("service-cluster-ip-range: at least one CIDR is required")
-    if len(texts) > 2:
-        raise UsageError("service-cluster-ip-range: at most two CIDRs (one IPv4, one IPv6) may be given")
-    networks = []
-    for text in texts:
-        try:
-            networks.append(parse_cidr(text))
-        except ValueError:
-            raise UsageError(f"service-cluster-ip-range: {text!r} is not a valid CIDR") from None
-    if len(networks) == 2 and networks[0].version == networks[1].version:
-        raise UsageError("service-cluster-ip-range: the two CIDRs must be of different IP families")
-    return tuple(networks)
-
-
 # ------------------------------------------------------------------- planning
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """One value a Service needs: a given one (``value``) or any (``value`` None)."""
 
@@ -322,11 +114,12 @@ class _Request:
     result: Optional[int | str] = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Plan:
     """What one Service asks of the allocators, and how it went."""
 
     svc: Service
+    key: str = ""  # namespace/name
     policy: Optional[str] = None
     families: tuple[str, ...] = ()
     ip_requests: list[_Request] = field(default_factory=list)
@@ -365,7 +158,9 @@ def _go_strings(values: Sequence[str]) -> str:
 
 def _requested_ips(svc: Service, held: Optional[HeldValues]) -> tuple[str, ...]:
     """The input's clusterIPs or, when it has none, those held in the state that still fit."""
-    given = tuple(ip for ip in svc.cluster_ips if ip)
+    given = svc.cluster_ips
+    if "" in given:
+        given = tuple([ip for ip in given if ip])
     if given or held is None or not held.cluster_ips:
         return given
     kept: list[str] = []
@@ -379,7 +174,30 @@ def _requested_ips(svc: Service, held: Optional[HeldValues]) -> tuple[str, ...]:
 
 
 def _resolve_families(plan: _Plan, ips: tuple[str, ...], configured: Sequence[str]) -> None:
-    """Set ``plan.policy``/``plan.families`` the way ``initIPFamilyFields`` defaults them."""
+    """Set ``plan.policy``/``plan.families`` the way ``initIPFamilyFields`` defaults them (or
+    record the problems)."""
+    svc = plan.svc
+    # The common case first: one IPv4 ClusterIP in canonical form, at most the IPv4 family and
+    # SingleStack named, IPv4 configured: SingleStack IPv4, as the general rules below conclude.
+    if (
+        len(ips) == 1
+        and svc.ip_family_policy in _SINGLE_OR_UNSET
+        and svc.ip_families in _IPV4_OR_UNSET
+        and "IPv4" in configured
+        and is_canonical_ipv4(ips[0])
+    ):
+        plan.policy, plan.families = SINGLE_STACK, _IPV4_ONLY
+        return
+    _resolve_families_generally(plan, ips, configured)
+
+
+_SINGLE_OR_UNSET = (None, SINGLE_STACK)
+_IPV4_ONLY = ("IPv4",)
+_IPV4_OR_UNSET = ((), _IPV4_ONLY)
+
+
+def _resolve_families_generally(plan: _Plan, ips: tuple[str, ...], configured: Sequence[str]) -> None:
+    """:func:`_resolve_families` for any Service."""
     svc = plan.svc
     headless = ips[:1] == ("None",)
     selectorless = not svc.selector
@@ -418,7 +236,7 @@ def _resolve_families(plan: _Plan, ips: tuple[str, ...], configured: Sequence[st
     if headless and selectorless:
         families = families or [configured[0]]
         if len(families) < 2 and policy != SINGLE_STACK:
-            families.append(_OTHER_FAMILY[families[0]])
+            families.append(OTHER_FAMILY[families[0]])
         plan.policy, plan.families = policy, tuple(families)
         return
     if policy == REQUIRE_DUAL_STACK and len(configured) < 2:
@@ -433,7 +251,7 @@ def _resolve_families(plan: _Plan, ips: tuple[str, ...], configured: Sequence[st
         return
     families = families or [configured[0]]
     if policy != SINGLE_STACK and len(families) == 1 and len(configured) == 2:
-        families.append(_OTHER_FAMILY[families[0]])
+        families.append(OTHER_FAMILY[families[0]])
     plan.policy, plan.families = policy, tuple(families)
 
 
@@ -448,10 +266,13 @@ def _plan_ips(plan: _Plan, held: Optional[HeldValues], configured: Sequence[str]
         return
     for i, family in enumerate(plan.families):
         value = ips[i] if i < len(ips) else None
-        if value is not None:
+        if value is not None and not is_canonical_ipv4(value):
             value = str(parse_ip(value))
         is_held = value is not None and held is not None and held.holds_ip(value)
-        plan.ip_requests.append(_Request(f"spec.clusterIPs[{i}]", value, is_held, family))
+        plan.ip_requests.append(_Request(_CLUSTER_IP_FIELDS[i], value, is_held, family))
+
+
+_CLUSTER_IP_FIELDS = ("spec.clusterIPs[0]", "spec.clusterIPs[1]")  # (one ClusterIP per family)
 
 
 def _requested_node_ports(svc: Service, held: Optional[HeldValues]) -> list[Optional[int]]:
@@ -469,7 +290,9 @@ def _requested_node_ports(svc: Service, held: Optional[HeldValues]) -> list[Opti
 
 
 def _plan_node_ports(plan: _Plan, held: Optional[HeldValues]) -> None:
-    """NodePort requests, following ``initNodePorts``: one nodePort per distinct ``port`` number."""
+    """NodePort requests, following ``initNodePorts``: one nodePort per distinct ``port`` number
+    (``plan.port_assign``: the request each port takes its nodePort from, for NodePort and
+    LoadBalancer Services)."""
     svc = plan.svc
     plan.port_assign = [None] * len(svc.ports)
     if not _needs_node_ports(svc):
@@ -477,26 +300,30 @@ def _plan_node_ports(plan: _Plan, held: Optional[HeldValues]) -> None:
     values = _requested_node_ports(svc, held)
     allocate = _should_allocate_node_ports(svc)
     by_port: dict[int, _Request] = {}
-
-    def request(i: int, value: Optional[int]) -> _Request:
-        is_held = value is not None and held is not None and held.holds_port(value)
-        made = _Request(f"spec.ports[{i}].nodePort", value, is_held)
-        plan.port_requests.append(made)
-        return made
-
+    assign = plan.port_assign
     for i, port in enumerate(svc.ports):
         value = values[i]
         if value is None and not allocate:
             continue
         shared = by_port.get(port.port)
         if shared is None:
-            wanted = next((values[j] for j, p in enumerate(svc.ports) if p.port == port.port and values[j]), None)
-            shared = by_port[port.port] = request(i, wanted)
-            plan.port_assign[i] = shared
+            # the first nodePort given to a port of this number (none before this one: it would
+            # have made the request)
+            wanted = value or next((values[j] for j, p in enumerate(svc.ports) if p.port == port.port and values[j]),
+                                   None)
+            shared = by_port[port.port] = assign[i] = _node_port_request(plan, held, i, wanted)
         elif value is None or value == shared.value:
-            plan.port_assign[i] = shared
+            assign[i] = shared
         else:
-            plan.port_assign[i] = request(i, value)
+            assign[i] = _node_port_request(plan, held, i, value)
+
+
+def _node_port_request(plan: _Plan, held: Optional[HeldValues], i: int, value: Optional[int]) -> _Request:
+    """A new request for the nodePort of ``spec.ports[i]`` (``value`` None: any)."""
+    is_held = value is not None and held is not None and held.holds_port(value)
+    made = _Request(f"spec.ports[{i}].nodePort", value, is_held)
+    plan.port_requests.append(made)
+    return made
 
 
 def _plan_health_check(plan: _Plan, held: Optional[HeldValues]) -> None:
@@ -509,12 +336,13 @@ def _plan_health_check(plan: _Plan, held: Optional[HeldValues]) -> None:
     plan.hc_request = _Request("spec.healthCheckNodePort", value, is_held)
 
 
-def _plan_service(svc: Service, held: Optional[HeldValues], configured: Sequence[str]) -> _Plan:
-    """Everything one Service asks of the allocators."""
-    plan = _Plan(svc)
+def _plan_service(svc: Service, key: str, held: Optional[HeldValues], configured: Sequence[str]) -> _Plan:
+    """Everything one Service (``key``: namespace/name) asks of the allocators."""
+    plan = _Plan(svc, key)
     _plan_ips(plan, held, configured)
-    _plan_node_ports(plan, held)
-    _plan_health_check(plan, held)
+    if _needs_node_ports(svc):
+        _plan_node_ports(plan, held)
+        _plan_health_check(plan, held)
     return plan
 
 
@@ -530,7 +358,6 @@ class _Pools:
 
 def _register(plan: _Plan, pools: _Pools, *, held: bool) -> None:
     """Reserve the specific values the Service asks for whose ``held`` flag matches."""
-    svc_ips = [r.value or "" for r in plan.ip_requests]
     for req in plan.ip_requests:
         if req.value is None or req.held != held:
             continue
@@ -539,6 +366,7 @@ def _register(plan: _Plan, pools: _Pools, *, held: bool) -> None:
             req.result = req.value
         except AllocatorError as err:
             hint = pools.hint if isinstance(err, NotInRangeError) else ""
+            svc_ips = [r.value or "" for r in plan.ip_requests]
             plan.problem(
                 "spec.clusterIPs",
                 f"Invalid value: {_go_strings(svc_ips)}: failed to allocate IP {req.value}: {err}{hint}",
@@ -589,45 +417,50 @@ def _allocate_dynamic(plan: _Plan, pools: _Pools) -> None:
 def _allocation_of(plan: _Plan) -> ServiceAllocation:
     """The record of what ``plan``'s Service holds once everything succeeded."""
     svc = plan.svc
-    filled: list[str] = []
     if svc.type == "ExternalName":
         return ServiceAllocation(
-            svc.namespace, svc.name, node_ports=tuple(p.node_port for p in svc.ports), ref=svc.ref
+            svc.namespace, svc.name, node_ports=tuple([p.node_port for p in svc.ports]), ref=svc.ref
         )
-    if plan.ip_requests:
-        cluster_ips = tuple(str(r.result) for r in plan.ip_requests)
-        given = [ip for ip in svc.cluster_ips if ip]
-        filled += [r.field for i, r in enumerate(plan.ip_requests) if i >= len(given)]
+    filled: list[str] = []
+    requests = plan.ip_requests
+    if requests:
+        cluster_ips = tuple([str(r.result) for r in requests])
+        given = svc.cluster_ips
+        if "" in given:
+            given = tuple([ip for ip in given if ip])
+        if len(requests) > len(given):
+            filled += [r.field for r in requests[len(given):]]
     else:
         cluster_ips = svc.cluster_ips
-    node_ports: list[Optional[int]] = []
-    for i, port in enumerate(svc.ports):
-        req = plan.port_assign[i] if _needs_node_ports(svc) else None
-        value = int(req.result) if req is not None and req.result is not None else port.node_port
-        if port.node_port is None and value is not None:
-            filled.append(f"spec.ports[{i}].nodePort")
-        node_ports.append(value)
+    node_ports: list[Optional[int]]
+    if _needs_node_ports(svc):
+        node_ports = []
+        for i, (port, req) in enumerate(zip(svc.ports, plan.port_assign)):
+            value = int(req.result) if req is not None and req.result is not None else port.node_port
+            if port.node_port is None and value is not None:
+                filled.append(f"spec.ports[{i}].nodePort")
+            node_ports.append(value)
+    else:  # (the input's, unchanged)
+        node_ports = [port.node_port for port in svc.ports]
     hc = svc.health_check_node_port
     if plan.hc_request is not None and plan.hc_request.result is not None:
         hc = int(plan.hc_request.result)
         if svc.health_check_node_port is None:
             filled.append("spec.healthCheckNodePort")
     return ServiceAllocation(
-        namespace=svc.namespace,
-        name=svc.name,
-        cluster_ips=cluster_ips,
-        ip_families=plan.families,
-        ip_family_policy=plan.policy,
-        node_ports=tuple(node_ports),
-        health_check_node_port=hc,
-        filled=tuple(filled),
-        ref=svc.ref,
+        svc.namespace, svc.name, cluster_ips, plan.families, plan.policy, tuple(node_ports), hc, tuple(filled), svc.ref
     )
 
 
 def _filled_service(svc: Service, alloc: ServiceAllocation) -> Service:
-    """``svc`` with the allocated fields written in."""
-    if svc.type == "ExternalName":
+    """``svc`` with the allocated fields written in (``svc`` itself when it had them all)."""
+    if svc.type == "ExternalName" or (
+        alloc.cluster_ips == svc.cluster_ips
+        and alloc.ip_families == svc.ip_families
+        and alloc.ip_family_policy == svc.ip_family_policy
+        and alloc.health_check_node_port == svc.health_check_node_port
+        and all(port.node_port == value for port, value in zip(svc.ports, alloc.node_ports))
+    ):
         return svc
     ports = tuple(
         port if port.node_port == value else replace(port, node_port=value)
@@ -643,15 +476,20 @@ def _filled_service(svc: Service, alloc: ServiceAllocation) -> Service:
     )
 
 
-def _held_of(svc: Service, alloc: ServiceAllocation) -> HeldValues:
-    """What the state should remember for one Service."""
-    ips = tuple(ip for ip in alloc.cluster_ips if ip and ip != "None")
+def _held_of(svc: Service, alloc: ServiceAllocation) -> Optional[HeldValues]:
+    """What the state should remember for one Service; None if nothing."""
+    ips = alloc.cluster_ips
+    if "" in ips or "None" in ips:
+        ips = tuple([ip for ip in ips if ip and ip != "None"])
+    needs_node_ports = _needs_node_ports(svc)
     node_ports = tuple(
         HeldNodePort(port.name, port.port, port.protocol, value)
         for port, value in zip(svc.ports, alloc.node_ports)
-        if value is not None and _needs_node_ports(svc)
-    )
+        if value is not None
+    ) if needs_node_ports else ()
     hc = alloc.health_check_node_port if _needs_health_check(svc) else None
+    if not ips and not node_ports and hc is None:
+        return None
     return HeldValues(ips, alloc.ip_families if ips else (), node_ports, hc)
 
 
@@ -720,18 +558,20 @@ def allocate_cluster(
     configured = tuple(pools.ips)
     holdings = state.services if state is not None else {}
     plans, duplicates = _plans(cluster.services, holdings, configured)
-    for held_pass in (True, False):
+    for held_pass in (True, False) if holdings else (False,):  # (without a state, nothing is held)
         for plan in plans:
             _register(plan, pools, held=held_pass)
     for plan in plans:
         if not plan.failed:
             _allocate_dynamic(plan, pools)
-    position = {id(svc): i for i, svc in enumerate(cluster.services)}
-    in_input_order = sorted(duplicates + plans, key=lambda plan: position[id(plan.svc)])
-    problems = [p for plan in in_input_order for p in plan.problems]
-    if problems:
-        raise InputError(problems)
+    if duplicates or any(plan.failed for plan in plans):
+        position = {id(svc): i for i, svc in enumerate(cluster.services)}
+        in_input_order = sorted(duplicates + plans, key=lambda plan: position[id(plan.svc)])
+        raise InputError([p for plan in in_input_order for p in plan.problems])
     return _result(cluster, plans, port_range, networks, state)
+
+
+_BY_NAME = attrgetter("namespace", "name")
 
 
 def _plans(
@@ -741,14 +581,16 @@ def _plans(
     plans: list[_Plan] = []
     duplicates: list[_Plan] = []
     seen: set[tuple[str, str]] = set()
-    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        if svc.key in seen:
+    for svc in sorted(services, key=_BY_NAME):
+        ident = (svc.namespace, svc.name)
+        if ident in seen:
             duplicate = _Plan(svc)
             duplicate.problem("metadata.name", f'services "{svc.name}" already exists')
             duplicates.append(duplicate)
             continue
-        seen.add(svc.key)
-        plans.append(_plan_service(svc, holdings.get(f"{svc.namespace}/{svc.name}"), configured))
+        seen.add(ident)
+        key = f"{svc.namespace}/{svc.name}"
+        plans.append(_plan_service(svc, key, holdings.get(key) if holdings else None, configured))
     return plans, duplicates
 
 
@@ -759,19 +601,59 @@ def _result(
     networks: Sequence[IPNetwork],
     state: Optional[AllocationState],
 ) -> AllocationResult:
-    """Assemble the filled-in cluster, the per-Service records and the new state."""
-    records = {f"{p.svc.namespace}/{p.svc.name}": _allocation_of(p) for p in plans}
-    services = tuple(_filled_service(svc, records[f"{svc.namespace}/{svc.name}"]) for svc in cluster.services)
-    held = {}
+    """Assemble the filled-in cluster, the per-Service records and the new state. ``plans`` are
+    those of every Service of ``cluster`` (one each: a duplicate is an error before)."""
+    records: dict[str, ServiceAllocation] = {}
+    changed: dict[int, Service] = {}  # id of an input Service -> the Service filled in
     for plan in plans:
-        key = f"{plan.svc.namespace}/{plan.svc.name}"
-        values = _held_of(plan.svc, records[key])
-        if values != HeldValues():
-            held[key] = values
+        svc = plan.svc
+        record = records[plan.key] = _allocation_of(plan)
+        filled = _filled_service(svc, record)
+        if filled is not svc:
+            changed[id(svc)] = filled
+    services = tuple(changed.get(id(svc), svc) for svc in cluster.services) if changed else cluster.services
+    held = _HeldByService(records, [plan.svc for plan in plans])
     new_state = AllocationState(
         str(port_range), tuple(str(n) for n in networks), held, state.path if state is not None else None
     )
     return AllocationResult(replace(cluster, services=services), records, new_state)
+
+
+class _HeldByService(Mapping[str, HeldValues]):
+    """The new state's ``services``: what each Service holds (:func:`_held_of`), keyed
+    ``namespace/name``, Services that hold nothing left out. Worked out from the allocation
+    records when first read: a run that saves no state never needs it."""
+
+    __slots__ = ("_records", "_services", "_held")
+
+    def __init__(self, records: Mapping[str, ServiceAllocation], services: Sequence[Service]) -> None:
+        """``services``: the Service of each record, in the records' order."""
+        self._records: Optional[Mapping[str, ServiceAllocation]] = records
+        self._services: Sequence[Service] = services
+        self._held: Optional[dict[str, HeldValues]] = None
+
+    def _values(self) -> dict[str, HeldValues]:
+        if self._held is None:
+            assert self._records is not None
+            held = {}
+            for (key, record), svc in zip(self._records.items(), self._services):
+                values = _held_of(svc, record)
+                if values is not None:
+                    held[key] = values
+            self._held, self._records, self._services = held, None, ()
+        return self._held
+
+    def __getitem__(self, key: str) -> HeldValues:
+        return self._values()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __repr__(self) -> str:
+        return repr(self._values())
 
 
 # ------------------------------------------------------------------ documents

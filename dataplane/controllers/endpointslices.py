@@ -180,16 +180,8 @@ def _endpoint(pod: Pod, svc: Service, family: str, zone: Optional[str]) -> Optio
         conditions = _CONDITIONS[ready, serving, terminating]
     else:  # (a Pod built by a library caller)
         conditions = EndpointConditions(ready=ready, serving=serving, terminating=terminating)
-    return Endpoint(
-        addresses=addresses,
-        conditions=conditions,
-        node_name=node_name,
-        zone=zone,
-        hints_for_zones=for_zones,
-        hints_for_nodes=for_nodes,
-        hostname=hostname,
-        target_ref_name=pod.name,
-    )
+    # (positional: faster than by keyword; the order is Endpoint's, which tests/test_pod_index.py pins)
+    return Endpoint(addresses, conditions, node_name, zone, for_zones, for_nodes, hostname, pod.name)
 
 
 def topology_hints(
@@ -313,25 +305,26 @@ def _endpoint_text(e: Endpoint, ref_tail: str) -> Optional[str]:
 
 def _endpoint_parts(e: Endpoint, ref_tail: str, ready: str, serving: str, terminating: str) -> str:
     """:func:`_endpoint_text` once the conditions are read; TypeError for a value not a str."""
-    parts = ['{"addresses": [', ", ".join(map(_quoted, e.addresses)), '], "conditions": {"ready": ', ready,
-             ', "serving": ', serving, ', "terminating": ', terminating, "}"]
+    addresses = e.addresses
+    text = ('{"addresses": [' + (_quoted(addresses[0]) if len(addresses) == 1 else ", ".join(map(_quoted, addresses)))
+            + '], "conditions": {"ready": ' + ready + ', "serving": ' + serving + ', "terminating": '
+            + terminating + "}")
     if e.hints_for_nodes is not None or e.hints_for_zones is not None:
         kinds = []
         if e.hints_for_nodes is not None:
             kinds.append('"forNodes": [' + ", ".join('{"name": ' + _quoted(n) + "}" for n in e.hints_for_nodes) + "]")
         if e.hints_for_zones is not None:
             kinds.append('"forZones": [' + ", ".join('{"name": ' + _quoted(z) + "}" for z in e.hints_for_zones) + "]")
-        parts.append(', "hints": {' + ", ".join(kinds) + "}")
+        text += ', "hints": {' + ", ".join(kinds) + "}"
     if e.hostname is not None:
-        parts.append(', "hostname": ' + _quoted(e.hostname))
+        text += ', "hostname": ' + _quoted(e.hostname)
     if e.node_name is not None:
-        parts.append(', "nodeName": ' + _quoted(e.node_name))
+        text += ', "nodeName": ' + _quoted(e.node_name)
     if e.target_ref_name is not None:
-        parts.append(', "targetRef": {"kind": "Pod", "name": ' + _quoted(e.target_ref_name) + ref_tail)
+        text += ', "targetRef": {"kind": "Pod", "name": ' + _quoted(e.target_ref_name) + ref_tail
     if e.zone is not None:
-        parts.append(', "zone": ' + _quoted(e.zone))
-    parts.append("}")
-    return "".join(parts)
+        text += ', "zone": ' + _quoted(e.zone)
+    return text + "}"
 
 
 def _unique_name(
@@ -381,6 +374,10 @@ def slices_for_service(
     return _slices_from_selected(svc, selected, zones, taken)
 
 
+def _pod_name(pod: Pod) -> str:
+    return pod.name
+
+
 def _zones(nodes: Iterable[Node]) -> dict[str, Optional[str]]:
     """Each Node's zone (None: none), by name; a name given twice counts with its last Node."""
     return {node.name: node.zone or None for node in nodes}
@@ -394,7 +391,8 @@ def _slices_from_selected(
 ) -> list[EndpointSlice]:
     """The slices for ``svc`` from the Pods its selector selects (in input order; eligibility checked
     here); ``zones`` holds each Node's zone (:func:`_zones`)."""
-    members = sorted((p for p in selected if pod_is_eligible(p)), key=lambda p: p.name)
+    # (pod_is_eligible, inlined)
+    members = sorted([p for p in selected if p.pod_ips and p.phase not in _TERMINAL_PHASES], key=_pod_name)
     # Without a named targetPort, every Pod gets the same ports: resolve them once.
     named = any(isinstance(p.target_port, str) and p.target_port for p in svc.ports)
     fixed = None if named or not members else endpoint_ports(svc, members[0])
@@ -407,10 +405,17 @@ def _slices_from_selected(
             if found:
                 groups[fixed] = found
         else:
+            # Pods whose container ports are the same objects (a Deployment's, read by the fast
+            # reader) resolve to the same group: resolve and look it up once per such pair
+            by_ports: dict[tuple[int, int], list[Endpoint]] = {}
             for pod in members:
                 endpoint = _endpoint(pod, svc, family, zones.get(pod.node_name) if pod.node_name else None)
                 if endpoint is not None:
-                    groups.setdefault(endpoint_ports(svc, pod), []).append(endpoint)
+                    same = (id(pod.container_ports), id(pod.sidecar_ports))  # (members keep them alive)
+                    group = by_ports.get(same)
+                    if group is None:
+                        group = by_ports[same] = groups.setdefault(endpoint_ports(svc, pod), [])
+                    group.append(endpoint)
         if not groups:
             slices.append(_make_slice(svc, family, (), (), taken))
             continue

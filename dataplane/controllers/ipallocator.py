@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 from typing import Optional
 
-from ..ipaddrs import IPNetwork, parse_cidr, parse_ip
+from ..ipaddrs import IPNetwork, is_canonical_ipv4, parse_cidr, parse_ip
 from .portallocator import (
     AlreadyAllocatedError,
     MismatchedRangeError,
@@ -66,6 +67,10 @@ class IPAllocator:
         self.offset = min(cidr_range_offset(self.cidr), size)
         self._base = int(self.cidr.network_address) + 1
         self._bitmap = RangeBitmap(size, self.offset, make_rng(rng, seed))
+        self.version: int = self.cidr.version
+        # the CIDR's addresses as integers (``_first <= int(address) <= _last``), for range checks
+        self._first = int(self.cidr.network_address)
+        self._last = int(self.cidr.broadcast_address)
 
     @property
     def first(self) -> Optional[str]:
@@ -74,13 +79,13 @@ class IPAllocator:
 
     def allocate(self, ip: str) -> None:
         """Reserve ``ip``; NotInRangeError or AlreadyAllocatedError if that is impossible."""
-        slot = self._slot(ip)
-        if slot is None:
-            raise NotInRangeError(
-                f"the provided IP ({_display(ip)}) is not in the valid range. The range of valid IPs is {self.cidr}"
-            )
-        if not self._bitmap.allocate(slot):
-            raise AlreadyAllocatedError("provided IP is already allocated")
+        try:
+            address = parse_ip(ip)
+        except ValueError:
+            version, value = 0, 0  # in no CIDR
+        else:
+            version, value = address.version, int(address)
+        self.allocate_value(version, value, ip)
 
     def allocate_next(self) -> str:
         """Reserve and return a free address, dynamic band first; RangeFullError when none is left."""
@@ -129,20 +134,56 @@ class IPAllocator:
         except ValueError as err:
             raise MismatchedRangeError(str(err)) from None
 
+    def contains(self, version: int, value: int) -> bool:
+        """True if the address ``value`` (an integer of IP ``version``) is in the CIDR."""
+        return version == self.version and self._first <= value <= self._last
+
+    def has_value(self, version: int, value: int) -> bool:
+        """:meth:`has` for an address given as (IP version, integer)."""
+        slot = self._slot_of(version, value)
+        return slot is not None and self._bitmap.has(slot)
+
+    def allocate_value(self, version: int, value: int, ip: str) -> None:
+        """:meth:`allocate` for an address given as (IP version, integer); ``ip`` is its text, for
+        messages."""
+        slot = self._slot_of(version, value)
+        if slot is None:
+            raise NotInRangeError(
+                f"the provided IP ({_display(ip)}) is not in the valid range. The range of valid IPs is {self.cidr}"
+            )
+        if not self._bitmap.allocate(slot):
+            raise AlreadyAllocatedError("provided IP is already allocated")
+
     def _slot(self, ip: str) -> Optional[int]:
         """The bitmap slot of ``ip``, or None if it is not an allocatable address of the CIDR."""
         try:
             address = parse_ip(ip)
         except ValueError:
             return None
-        if address.version != self.cidr.version or address not in self.cidr:
+        return self._slot_of(address.version, int(address))
+
+    def _slot_of(self, version: int, value: int) -> Optional[int]:
+        """The bitmap slot of an address given as (IP version, integer), or None if it is not an
+        allocatable address of the CIDR."""
+        if version != self.version or not self._first <= value <= self._last:
             return None
-        slot = int(address) - self._base
+        slot = value - self._base
         return slot if 0 <= slot < self._bitmap.size else None
 
     def _address(self, slot: int) -> str:
-        cls = ipaddress.IPv4Address if self.cidr.version == 4 else ipaddress.IPv6Address
-        return str(cls(self._base + slot))
+        value = self._base + slot
+        if self.version == 4:  # what str(IPv4Address(value)) gives, without the object
+            return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+        return str(ipaddress.IPv6Address(value))
+
+
+def ip_value(ip: str) -> tuple[int, int]:
+    """(IP version, the address as an integer) of an IP literal, read as :func:`parse_ip` reads
+    it; ValueError if it is not one."""
+    if is_canonical_ipv4(ip):  # (the common case, without an address object)
+        return 4, int.from_bytes(socket.inet_aton(ip), "big")
+    address = parse_ip(ip)
+    return address.version, int(address)
 
 
 def _display(ip: str) -> str:
@@ -168,21 +209,33 @@ class MetaAllocator:
         self._ready = list(ready) if ready is not None else [True] * len(cidrs)
 
     def _holding(self, ip: str) -> list[IPAllocator]:
-        address = parse_ip(ip)
-        return [a for a in self.allocators if address.version == a.cidr.version and address in a.cidr]
+        version, value = ip_value(ip)
+        return [a for a in self.allocators if a.contains(version, value)]
 
     def allocate(self, ip: str) -> None:
-        """Reserve ``ip``; NotInRangeError or AlreadyAllocatedError if that is impossible."""
-        holding = self._holding(ip)
+        """Reserve ``ip`` (an IP literal, ValueError if it is not one); NotInRangeError or
+        AlreadyAllocatedError if that is impossible."""
+        version, value = ip_value(ip)
+        allocators = self.allocators
+        if len(allocators) == 1:  # (the common case, without the lists)
+            only = allocators[0]
+            if not only.contains(version, value):
+                raise NotInRangeError(
+                    f"the provided IP ({_display(ip)}) is not in the valid range. "
+                    f"The range of valid IPs is {only.cidr}"
+                )
+            only.allocate_value(version, value, ip)  # (NotInRangeError for a network or broadcast address)
+            return
+        holding = [a for a in allocators if a.contains(version, value)]
         if not holding:
-            ranges = ", ".join(str(a.cidr) for a in self.allocators)
+            ranges = ", ".join(str(a.cidr) for a in allocators)
             raise NotInRangeError(
                 f"the provided IP ({_display(ip)}) is not in the valid range. The range of valid IPs is {ranges}"
             )
-        if any(a.has(ip) for a in holding):
+        if any(a.has_value(version, value) for a in holding):
             raise AlreadyAllocatedError("provided IP is already allocated")
         for allocator in holding:
-            allocator.allocate(ip)  # NotInRangeError for a network or broadcast address
+            allocator.allocate_value(version, value, ip)  # NotInRangeError for a network or broadcast address
 
     def allocate_next(self) -> str:
         """Reserve and return a free address of a ready CIDR; RangeFullError when none is left."""
@@ -194,6 +247,8 @@ class MetaAllocator:
                     ip = allocator.allocate_next()
                 except RangeFullError:
                     break
+                if len(self.allocators) == 1:
+                    return ip
                 others = [a for a in self._holding(ip) if a is not allocator]
                 if not any(a.has(ip) for a in others):  # taken through an overlapping CIDR: next one
                     for other in others:

@@ -11,7 +11,7 @@ selector, so a lookup costs the size of its smallest posting list.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ..model import Labels, Pod
 
@@ -30,19 +30,48 @@ class PodIndex:
     def __init__(self, pods: Iterable[Pod]) -> None:
         """Index ``pods`` (any namespaces, any phase: callers filter what they do not want)."""
         by_namespace: dict[str, list[Pod]] = {}
-        postings: dict[tuple[str, str, str], list[Pod]] = {}
+        # namespace -> (label key, label value) -> the Pods carrying it: the pairs of a Pod's labels
+        # are the keys, so indexing a Pod builds no tuple
+        postings: dict[str, dict[tuple[str, str], list[Pod]]] = {}
         for pod in pods:
             namespace = pod.namespace
-            by_namespace.setdefault(namespace, []).append(pod)
-            # dict(): a label given twice counts with its last value, as in selects()
-            for key, value in dict(pod.labels).items():
-                postings.setdefault((namespace, key, value), []).append(pod)
+            held = by_namespace.get(namespace)
+            if held is None:
+                held = by_namespace[namespace] = []
+                postings[namespace] = {}
+            held.append(pod)
+            labels = pod.labels
+            # a label given twice counts with its last value, as in selects() (so through a dict,
+            # unless there is one pair)
+            pairs = labels if len(labels) == 1 and type(labels[0]) is tuple else dict(labels).items()
+            index = postings[namespace]
+            for pair in pairs:
+                posting = index.get(pair)
+                if posting is None:
+                    index[pair] = [pod]
+                else:
+                    posting.append(pod)
         self._by_namespace = by_namespace
         self._postings = postings
 
     def namespace(self, namespace: str) -> list[Pod]:
         """Every Pod of ``namespace``, in input order (a new list)."""
         return list(self._by_namespace.get(namespace, ()))
+
+    def _shortest(self, namespace: str, selector: Labels) -> Optional[list[Pod]]:
+        """The shortest posting list of the pairs of a non-empty ``selector``; None when a pair
+        has none (no Pod of the namespace carries it)."""
+        index = self._postings.get(namespace)
+        if index is None:
+            return None
+        shortest: Optional[list[Pod]] = None
+        for pair in selector:
+            posting = index.get(pair if type(pair) is tuple else tuple(pair))
+            if posting is None:
+                return None
+            if shortest is None or len(posting) < len(shortest):
+                shortest = posting
+        return shortest
 
     def select(self, namespace: str, selector: Labels) -> list[Pod]:
         """The Pods of ``namespace`` that :func:`selects` ``selector``, in input order.
@@ -53,14 +82,9 @@ class PodIndex:
         """
         if not selector:
             return self.namespace(namespace)
-        shortest: list[Pod] | None = None
-        for key, value in selector:
-            posting = self._postings.get((namespace, key, value))
-            if posting is None:
-                return []
-            if shortest is None or len(posting) < len(shortest):
-                shortest = posting
-        assert shortest is not None
+        shortest = self._shortest(namespace, selector)
+        if shortest is None:
+            return []
         if len(selector) == 1:
             return list(shortest)
         return [pod for pod in shortest if selects(selector, pod)]
@@ -69,12 +93,7 @@ class PodIndex:
         """Whether :meth:`select` would find a Pod, without building its list."""
         if not selector:
             return namespace in self._by_namespace
-        shortest: list[Pod] | None = None
-        for key, value in selector:
-            posting = self._postings.get((namespace, key, value))
-            if posting is None:
-                return False
-            if shortest is None or len(posting) < len(shortest):
-                shortest = posting
-        assert shortest is not None
+        shortest = self._shortest(namespace, selector)
+        if shortest is None:
+            return False
         return len(selector) == 1 or any(selects(selector, pod) for pod in shortest)

@@ -16,8 +16,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Optional
 
+import orjson
+
 from .. import ipaddrs
-from ..model import PROTOCOLS, ContainerPort, Pod
+from ..model import PROTOCOLS, ContainerPort, Labels, Pod
 from .validation import (
     Checker,
     is_dns1123_label,
@@ -51,6 +53,17 @@ def _is_dns_label(value: str) -> bool:  # hostnames and subdomains: few distinct
 _PORTS: dict[tuple[Any, Any, Any], ContainerPort] = {}
 _MAX_SHARED_PORTS = 1 << 16
 
+# A label map's (key, value) pairs as written -> the Labels label_map makes of them (only maps it
+# accepts): a Deployment's Pods repeat their labels, so most Pods validate and sort none, and
+# share one tuple
+_LABELS: dict[tuple, Labels] = {}
+# spec.containers / spec.initContainers as orjson writes them -> their ports (lists _ports_of_all
+# accepts): a Deployment's Pods repeat their containers, so most Pods read no ports
+_CONTAINERS: dict[tuple[bool, bytes], tuple[ContainerPort, ...]] = {}
+_MAX_SHARED = 1 << 16
+# orjson refuses (instead of writing as JSON) what a JSON or YAML reader does not make
+_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+
 
 def fast_pod(c: Checker, obj: dict) -> Optional[Pod]:
     """The Pod :func:`.node.parse_pod` builds from ``obj`` when it would report nothing (``c``
@@ -67,7 +80,7 @@ def fast_pod(c: Checker, obj: dict) -> Optional[Pod]:
         namespace = "default"
     elif type(namespace) is not str or not _is_namespace(namespace):
         return None
-    labels = label_map(metadata.get("labels"))
+    labels = _labels(metadata.get("labels"))
     if labels is None:
         return None
 
@@ -85,10 +98,10 @@ def fast_pod(c: Checker, obj: dict) -> Optional[Pod]:
     subdomain = spec.get("subdomain")
     if subdomain is not None and not (type(subdomain) is str and _is_dns_label(subdomain)):
         return None
-    container_ports = _ports_of_all(spec.get("containers"), False)
+    container_ports = _container_ports(spec.get("containers"), False)
     if container_ports is None:
         return None
-    sidecar_ports = _ports_of_all(spec.get("initContainers"), True)
+    sidecar_ports = _container_ports(spec.get("initContainers"), True)
     if sidecar_ports is None:
         return None
 
@@ -97,9 +110,11 @@ def fast_pod(c: Checker, obj: dict) -> Optional[Pod]:
         status = {}
     elif type(status) is not dict:
         return None
-    pod_ips = _pod_ips(status)
+    pod_ips = _one_ipv4(status.get("podIPs"))  # the common case
     if pod_ips is None:
-        return None
+        pod_ips = _pod_ips(status)
+        if pod_ips is None:
+            return None
     phase = status.get("phase")
     if phase is None or phase == "":
         phase = "Running"
@@ -114,6 +129,59 @@ def fast_pod(c: Checker, obj: dict) -> Optional[Pod]:
     return Pod(namespace, name, labels, node_name or None, pod_ips, ready,
                metadata.get("deletionTimestamp") is not None, phase, hostname or None, subdomain or None,
                container_ports, sidecar_ports, c.ref())
+
+
+def _labels(value: Any) -> Optional[Labels]:
+    """:func:`.validation.label_map` of ``value``, the same tuple for every map with the same
+    pairs in the same order."""
+    if value is None:
+        return ()
+    if type(value) is not dict:
+        return None
+    try:
+        key = tuple(value.items())
+        shared = _LABELS.get(key)
+    except TypeError:  # an unhashable value: a problem for the validator
+        return None
+    if shared is not None:  # (only maps of str keys and values are kept: 1 == True cannot match)
+        return shared
+    labels = label_map(value)
+    if labels is not None and len(_LABELS) < _MAX_SHARED:
+        _LABELS[key] = labels
+    return labels
+
+
+def _container_ports(containers: Any, init: bool) -> Optional[tuple[ContainerPort, ...]]:
+    """:func:`_ports_of_all` of ``containers``, looked up by their JSON text: the same text is the
+    same value, types included (80 and 80.0, 1 and true are written differently); text with a
+    null is not looked up, as orjson writes NaN and infinities as null too."""
+    if containers is None:
+        return ()
+    try:
+        key = (init, orjson.dumps(containers, option=_STRICT))
+    except orjson.JSONEncodeError:  # not plain JSON values (subclasses, dates...): read them
+        return _ports_of_all(containers, init)
+    if b"null" in key[1]:
+        return _ports_of_all(containers, init)
+    shared = _CONTAINERS.get(key)
+    if shared is not None:
+        return shared
+    ports = _ports_of_all(containers, init)
+    if ports is not None and len(_CONTAINERS) < _MAX_SHARED:
+        _CONTAINERS[key] = ports
+    return ports
+
+
+def _one_ipv4(items: Any) -> Optional[tuple[str]]:
+    """``(ip,)`` when ``status.podIPs`` is one entry whose ip is a canonical IPv4 address (what
+    :func:`_pod_ips` gives then); None for anything else, which :func:`_pod_ips` reads."""
+    if type(items) is list and len(items) == 1:
+        item = items[0]
+        if type(item) is dict:
+            ip = item.get("ip")
+            if type(ip) is str and ipaddrs.is_canonical_ipv4(ip):
+                return (ip,)
+    return None
 
 
 def _pod_ips(status: dict) -> Optional[tuple[str, ...]]:

@@ -4,8 +4,11 @@ kernel run inside a fresh network namespace (see procs.isolated)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
 import json
+import os
 import re
 import resource
 import subprocess
@@ -13,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .generate import (
     COMPILE_NODE, RATE_NAME, RATE_NAMESPACE, RATE_PORT, RATE_RUNS, RATE_TARGET_PORT, RATE_VIP,
@@ -86,35 +89,168 @@ def child_incremental(path: str, backend: str, node: str, updates: int, outdir: 
     out = Path(outdir)
     (out / "full").write_text(full.text)
     results = []
+    addresses = []
     for k, es in enumerate(chosen):
         first = es.endpoints[0]
-        moved = dataclasses.replace(first, addresses=(f"10.127.{k // 250}.{k % 250 + 1}",))  # the pod was replaced
+        address = f"10.127.{k // 250}.{k % 250 + 1}"
+        moved = dataclasses.replace(first, addresses=(address,))  # the pod was replaced
         changed = dataclasses.replace(es, endpoints=(moved, *es.endpoints[1:]))
         t = time.perf_counter()
         proxier.set_endpoint_slice(changed)
         r = proxier.sync()
         seconds = time.perf_counter() - t
         (out / f"update-{k}").write_text(r.text)
+        addresses.append(address)
         results.append({"seconds": seconds, "bytes": len(r.text.encode()), "kind": r.kind, "changed": r.changed})
+    (out / "moved").write_text(json.dumps(addresses))  # what the kernel must hold once every update is in
     return {"full_sync_seconds": full_seconds, "full_bytes": len(full.text.encode()), "updates": results}
 
 
-def child_apply_updates(tool: str, outdir: str, updates: int) -> dict:
-    """(In a fresh namespace.) Load the full ruleset, then apply each update in order, timed."""
+def _load_file(tool: str, path: Path) -> float:
+    """Load ``path`` with ``tool`` (``nft -f`` / ``<iptables-restore> --noflush``) in this namespace: the
+    tool's wall time in seconds; raises RuntimeError naming the tool when it fails."""
+    argv = load_argv(tool, str(path))
+    r = run_measured(argv)
+    if r["rc"] != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed (exit {r['rc']}): {r['stderr'].strip()[:2000]}")
+    return r["seconds"]
+
+
+def child_apply_updates(tool: str, outdir: str, updates: int, caller: str) -> dict:
+    """(In a fresh namespace.) Load the full ruleset, then apply each update in order, timed.
+
+    With ``nft`` the updates alternate between the product's path (one netlink batch, see
+    :func:`apply_nft_updates`) and ``nft -f``; with an iptables-restore variant each is that tool's
+    ``--noflush`` load. ``update_path`` names what ``update_seconds`` measured. ``caller``: see
+    :func:`name_this_namespace`."""
     out = Path(outdir)
-
-    def load(name: str) -> float:
-        argv = load_argv(tool, str(out / name))
-        r = run_measured(argv)
-        if r["rc"] != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed (exit {r['rc']}): {r['stderr'].strip()[:2000]}")
-        return r["seconds"]
-
-    full = load("full")
-    result = {"full_seconds": full, "update_seconds": [load(f"update-{k}") for k in range(updates)]}
     if tool == "nft":
-        result["floor"] = nft_apply_floor(out, (out / "full").read_text())
+        return apply_nft_updates(out, updates, caller)
+    full = _load_file(tool, out / "full")
+    return {"full_seconds": full, "update_path": tool,
+            "update_seconds": [_load_file(tool, out / f"update-{k}") for k in range(updates)]}
+
+
+BENCH_NETNS = "bench"  # the name the nft apply child gives its own (fresh) namespace
+
+
+def outside() -> str:
+    """Who the caller is (``NETNS-INODE:RUN-DEVICE``), for :func:`name_this_namespace` in a child
+    started through ``procs.isolated``, which must be somewhere else."""
+    return f"{os.stat('/proc/self/ns/net').st_ino}:{os.stat('/run').st_dev}"
+
+
+def name_this_namespace(name: str, caller: str) -> None:
+    """Give this process's network namespace a name (``ip netns attach``), so that the product's
+    functions, which take a named namespace, apply into it. Refuses (RuntimeError) unless both
+    the network namespace and /run differ from the caller's (``caller``, from :func:`outside`):
+    only a child started through ``procs.isolated`` (a fresh namespace, a private tmpfs on /run)
+    may do this."""
+    if not re.fullmatch(r"\d+:\d+", caller):
+        raise RuntimeError("apply-updates with nft needs --caller (the caller's outside())")
+    netns_ino, run_dev = (int(x) for x in caller.split(":"))
+    if os.stat("/proc/self/ns/net").st_ino == netns_ino or os.stat("/run").st_dev == run_dev:
+        raise RuntimeError("refusing to name the caller's network namespace in its /run: run this child "
+                           "through isolated()")
+    proc = subprocess.run(["ip", "netns", "attach", name, str(os.getpid())], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip netns attach {name} failed: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def timed_batch_parts(parts: dict) -> Iterator[None]:
+    """For the body, ``nftnl.compile_update`` and ``nftnl.send`` (as ``netns.apply_nftables_partial``
+    calls them) also record their wall time in ``parts`` (``compile_seconds``, ``send_seconds``)
+    and the batch's message count (``messages``); restored after."""
+    from dataplane.runtime import nftnl
+
+    real_compile, real_send = nftnl.compile_update, nftnl.send
+
+    def compile_update(text: str) -> "nftnl.Batch":
+        t = time.perf_counter()
+        try:
+            return real_compile(text)
+        finally:
+            parts["compile_seconds"] = time.perf_counter() - t
+
+    def send(batch: "nftnl.Batch", describe: str = "") -> None:
+        parts["messages"] = len(batch.messages)
+        t = time.perf_counter()
+        try:
+            real_send(batch, describe)
+        finally:
+            parts["send_seconds"] = time.perf_counter() - t
+
+    nftnl.compile_update, nftnl.send = compile_update, send
+    try:
+        yield
+    finally:
+        nftnl.compile_update, nftnl.send = real_compile, real_send
+
+
+def netlink_update(ns: str, text: str) -> dict:
+    """Apply one partial update as the product does (``netns.apply_nftables_partial``: translate it
+    into one netlink batch, then send it under the namespace's lock), timed: ``seconds`` (wall, all
+    of it), ``cpu_seconds`` (this process's user + system time: the kernel commits inside our
+    sendmsg), ``compile_seconds``, ``send_seconds``, ``messages`` and ``path`` (``netlink``, or
+    ``nft`` when the product fell back to ``nft -f``)."""
+    from dataplane.runtime import netns
+
+    parts: dict = {}
+    with timed_batch_parts(parts):
+        t, c = time.perf_counter(), time.process_time()
+        path = netns.apply_nftables_partial(ns, text)
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
+    return {"seconds": seconds, "cpu_seconds": cpu, "path": path, **parts}
+
+
+def apply_nft_updates(out: Path, updates: int, caller: str) -> dict:
+    """(In a fresh namespace.) ``nft -f`` of the full table, then the updates in order, alternating:
+    even ones with ``nft -f`` of the update text, odd ones as the product applies them (one netlink
+    batch, :func:`netlink_update`), all in this one namespace, so that both loaders see the same
+    table and the same machine load. Then the one-rule probes (:func:`nft_apply_floor`), and a check
+    that every update is in the kernel (each moved endpoint address is in the table's listing)."""
+    importlib.import_module("dataplane.runtime.nftnl")  # (imported before the first timed update)
+
+    name_this_namespace(BENCH_NETNS, caller)
+    full_text = (out / "full").read_text()
+    full = _load_file("nft", out / "full")
+    nft_seconds: list[float] = []
+    netlink: list[dict] = []
+    for k in range(updates):
+        path = out / f"update-{k}"
+        if k % 2 == 0:
+            nft_seconds.append(_load_file("nft", path))
+        else:
+            netlink.append(netlink_update(BENCH_NETNS, path.read_text()))
+    result = {"full_seconds": full, "update_path": "netlink", "update_seconds": [u["seconds"] for u in netlink],
+              "netlink": netlink, "nft_update_seconds": nft_seconds}
+    result["verified"] = verify_updates(out, full_text, updates)
+    result["floor"] = nft_apply_floor(out, full_text)
     return result
+
+
+def verify_updates(out: Path, full_text: str, updates: int) -> int:
+    """How many of the first ``updates`` moved endpoint addresses (``out/moved``) the table in this
+    namespace holds (``nft -j list table``, untimed); RuntimeError if any is missing."""
+    family, table = re.search(r"^table (\w+) (\S+)", full_text, re.M).groups()
+    proc = subprocess.run(["nft", "-j", "list", "table", family, table], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nft -j list table {family} {table} failed: {proc.stderr.strip()[:500]}")
+    held: set[str] = set()  # every string in the listing (addresses among them)
+    stack: list = [json.loads(proc.stdout)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            held.add(item)
+    missing = [a for a in json.loads((out / "moved").read_text())[:updates] if a not in held]
+    if missing:
+        raise RuntimeError(f"after the updates the kernel's table lacks the moved endpoints {missing[:5]}")
+    return updates
 
 
 def nft_apply_floor(out: Path, full_text: str, repeats: int = 3) -> dict:
@@ -249,6 +385,7 @@ def child_main(argv: Sequence[str]) -> int:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--tool", default="nft")
+    p.add_argument("--caller", default="", help="apply-updates: the caller's outside() (see name_this_namespace)")
     a = p.parse_args(argv)
     if a.mode == "inproc":
         out = child_inproc(a.file, a.backend, a.node)
@@ -257,7 +394,7 @@ def child_main(argv: Sequence[str]) -> int:
     elif a.mode == "incremental":
         out = child_incremental(a.file, a.backend, a.node, a.updates, a.outdir)
     elif a.mode == "apply-updates":
-        out = child_apply_updates(a.tool, a.outdir, a.updates)
+        out = child_apply_updates(a.tool, a.outdir, a.updates, a.caller)
     elif a.mode == "generate":
         out = child_generate(Path(a.outdir), int(a.sizes), a.endpoints)
     elif a.mode == "rate":

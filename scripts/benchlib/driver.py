@@ -64,7 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="time applying the iptables updates even without iptables-legacy-restore (loading the full "
                         "ruleset with the nf_tables iptables-restore first takes over 10 minutes at 10k Services)")
     p.add_argument("--no-allocate", action="store_true", help="skip `dataplane allocate`")
-    p.add_argument("--updates", type=int, help="single-endpoint updates timed (default 9; --quick: 5)")
+    p.add_argument("--updates", type=int,
+                   help="single-endpoint updates timed (default 9; --quick: 5); nftables: as many again with nft -f")
     p.add_argument("--rate-sizes", default="10,1000,10000", help="Service counts for the rate test")
     p.add_argument("--rate-seconds", type=float, help="seconds of connections per rate point (2; --quick: 1)")
     p.add_argument("--report", metavar="JSON", help="only print the tables of an earlier run's --json file")

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .children import outside
 from .generate import COMPILE_NODE, NODE_PORT_RANGE, write_cluster
 from .procs import (
     child, iptables_tools, isolated, log, median, rule_count, run_child, run_measured, update_tool,
@@ -117,15 +118,19 @@ def measure_kernel_loads(args: argparse.Namespace, size: int, backend: str, out:
 
 def measure_incremental(args: argparse.Namespace, size: int, workdir: Path, kernel: bool) -> list[dict]:
     """Per backend: a full Proxier sync, then single-endpoint updates, each produced and (with the
-    kernel) applied on top of the full ruleset in a fresh namespace."""
+    kernel) applied on top of the full ruleset in a fresh namespace: with nft, twice ``--updates``
+    of them, alternately as the product applies them (one netlink batch) and with ``nft -f``."""
     paths = write_cluster(workdir, size, args.endpoints)
     rows = []
     for backend in args.backends:
         outdir = Path(tempfile.mkdtemp(prefix=f"incr-{backend}-", dir=workdir))
         try:
-            log(f"incremental {size} {backend}: {args.updates} single-endpoint updates")
+            tool = update_tool(backend)
+            apply = kernel and (tool != "iptables-restore" or args.incremental_iptables_apply)
+            count = 2 * args.updates if apply and tool == "nft" else args.updates  # half for each loader
+            log(f"incremental {size} {backend}: {count} single-endpoint updates")
             r = run_child(child("incremental", "--file", str(paths["json"]), "--backend", backend,
-                                "--updates", str(args.updates), "--outdir", str(outdir)), "incremental run")
+                                "--updates", str(count), "--outdir", str(outdir)), "incremental run")
             ups = r["updates"]
             row: dict[str, Any] = {
                 "services": size, "backend": backend, "full_sync_seconds": r["full_sync_seconds"],
@@ -133,22 +138,49 @@ def measure_incremental(args: argparse.Namespace, size: int, workdir: Path, kern
                 "update_bytes": median([u["bytes"] for u in ups]), "kinds": sorted({u["kind"] for u in ups}),
                 "updates": ups,
             }
-            tool = update_tool(backend)
-            if kernel and (tool != "iptables-restore" or args.incremental_iptables_apply):
-                log(f"incremental {size} {backend}: apply full ruleset, then the updates, with {tool} in a fresh "
+            if apply:
+                how = "alternately as one netlink batch and with nft -f" if tool == "nft" else f"with {tool}"
+                log(f"incremental {size} {backend}: full ruleset with {tool}, then the updates {how}, in a fresh "
                     "namespace")
                 k = run_child(isolated(child("apply-updates", "--tool", tool, "--outdir", str(outdir),
-                                             "--updates", str(len(ups)))), "update apply")
-                row["kernel_tool"] = tool
-                row["kernel_full_seconds"] = k["full_seconds"]
-                row["kernel_update_seconds"] = median(k["update_seconds"])
-                row["kernel_update_runs"] = k["update_seconds"]
-                if "floor" in k:
-                    row["kernel_floor"] = k["floor"]
+                                             "--updates", str(len(ups)), "--caller", outside())), "update apply")
+                row.update(kernel_update_fields(tool, k))
             rows.append(row)
         finally:
             shutil.rmtree(outdir, ignore_errors=True)
     return rows
+
+
+def kernel_update_fields(tool: str, k: dict) -> dict:
+    """The incremental row's kernel keys from an ``apply-updates`` child's result ``k``.
+
+    ``kernel_update_seconds`` / ``_runs`` is the update as the product applies it, named by
+    ``kernel_update_path`` (``netlink``: one nf_tables batch, ``netns.apply_nftables_partial``;
+    else the iptables tool's ``--noflush``). With nft also: ``kernel_update_nft_seconds`` / ``_runs``
+    (``nft -f`` of the other half of the updates, alternating with the batches), the batch's parts
+    (``kernel_update_compile_seconds``, ``_send_seconds``, ``_cpu_seconds``, ``_messages``),
+    ``kernel_update_fallbacks`` (updates the product sent through ``nft -f`` instead), and
+    ``kernel_updates_verified`` (updates found in the kernel's table afterwards). Reports older than
+    ``kernel_update_path`` hold ``nft -f`` times in ``kernel_update_seconds`` (see report.py)."""
+    row: dict[str, Any] = {"kernel_tool": tool, "kernel_full_seconds": k["full_seconds"],
+                           "kernel_update_path": k["update_path"],
+                           "kernel_update_seconds": median(k["update_seconds"]),
+                           "kernel_update_runs": k["update_seconds"]}
+    batches = k.get("netlink")
+    if batches:
+        for key in ("compile_seconds", "send_seconds", "cpu_seconds", "messages"):
+            # (a batch the product did not send, having fallen back to nft -f, has no send part)
+            values = [b[key] for b in batches if b.get(key) is not None]
+            row[f"kernel_update_{key}"] = median(values) if values else None
+        row["kernel_update_fallbacks"] = sum(1 for b in batches if b["path"] != "netlink")
+    if "nft_update_seconds" in k:
+        row["kernel_update_nft_seconds"] = median(k["nft_update_seconds"])
+        row["kernel_update_nft_runs"] = k["nft_update_seconds"]
+    if "verified" in k:
+        row["kernel_updates_verified"] = k["verified"]
+    if "floor" in k:
+        row["kernel_floor"] = k["floor"]
+    return row
 
 
 def value(row: Optional[dict], *path: str) -> Optional[float]:

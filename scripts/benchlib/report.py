@@ -8,6 +8,25 @@ from .measure import value
 
 # Growth metrics: (label, unit, scale, getter over a compile row / an incremental row / an allocate row).
 Getter = Callable[[dict], Optional[float]]
+
+
+def update_applied(row: dict) -> Optional[float]:
+    """Seconds the kernel took to apply a one-endpoint update as the product applies it (nftables: one
+    netlink batch; iptables: ``--noflush`` of the row's kernel tool), or None. Rows written before
+    ``kernel_update_path`` existed applied nftables updates with ``nft -f``: None for them."""
+    if "kernel_update_path" in row or row.get("kernel_tool") != "nft":
+        return value(row, "kernel_update_seconds")
+    return None
+
+
+def update_applied_nft_file(row: dict) -> Optional[float]:
+    """Seconds ``nft -f`` took to apply a one-endpoint update (alternating with the netlink batches in
+    the same namespace), or None (iptables rows; not measured). Older rows: their nft update time."""
+    if "kernel_update_path" in row:
+        return value(row, "kernel_update_nft_seconds")
+    return value(row, "kernel_update_seconds") if row.get("kernel_tool") == "nft" else None
+
+
 COMPILE_METRICS: tuple[tuple[str, str, float, Getter], ...] = (
     ("compile slices JSON", "us/svc", 1e6, lambda r: value(r, "cli_json", "seconds")),
     ("compile Pods JSON", "us/svc", 1e6, lambda r: value(r, "cli_pods", "seconds")),
@@ -23,7 +42,8 @@ COMPILE_METRICS: tuple[tuple[str, str, float, Getter], ...] = (
 )
 UPDATE_METRICS: tuple[tuple[str, str, float, Getter], ...] = (
     ("update produced", "ns/svc", 1e9, lambda r: value(r, "update_seconds")),
-    ("update applied", "ns/svc", 1e9, lambda r: value(r, "kernel_update_seconds")),
+    ("update applied", "ns/svc", 1e9, update_applied),
+    ("update applied nft -f", "ns/svc", 1e9, update_applied_nft_file),
 )
 ALLOCATE_METRICS: tuple[tuple[str, str, float, Getter], ...] = (
     ("allocate YAML", "us/svc", 1e6, lambda r: value(r, "yaml", "seconds")),
@@ -134,17 +154,27 @@ def print_report(report: dict) -> None:
     if report.get("incremental"):
         print()
         table = [("incremental", "backend", "full sync s", "update ms", "update bytes", "kind",
-                  "kernel tool", "kernel full s", "kernel update ms", "1-rule ms", "1-jump ms")]
+                  "kernel tool", "kernel full s", "kernel update ms", "nft -f ms", "1-rule ms", "1-jump ms")]
+        fallbacks = False
         for r in sorted(report["incremental"], key=lambda r: (r["services"], r["backend"])):
             floor = r.get("kernel_floor", {})
+            tool, path = r.get("kernel_tool", "-"), r.get("kernel_update_path")
+            mark = "*" if r.get("kernel_update_fallbacks") else ""
+            fallbacks = fallbacks or bool(mark)
             table.append((f"{r['services']:,}", r["backend"], fmt_s(r["full_sync_seconds"]),
                           f"{r['update_seconds'] * 1e3:.1f}", f"{r['update_bytes']:,.0f}", "/".join(r["kinds"]),
-                          r.get("kernel_tool", "-"), fmt_s(r.get("kernel_full_seconds")),
-                          _ms(r.get("kernel_update_seconds")), _ms(floor.get("plain_seconds")),
-                          _ms(floor.get("jump_seconds"))))
+                          tool if path in (None, tool) else f"{tool}, {path}", fmt_s(r.get("kernel_full_seconds")),
+                          _ms(update_applied(r)) + mark, _ms(update_applied_nft_file(r)),
+                          _ms(floor.get("plain_seconds")), _ms(floor.get("jump_seconds"))))
         _print_table(table)
-        print("  1-rule / 1-jump = nft -f of one `add rule` without / with a goto into the loaded table: nft's cache"
-              " load,\n  and the kernel's validation of every chain at commit (a floor for any nft update)")
+        print("  kernel full s = the full ruleset loaded first (nft -f / the iptables tool --noflush) in a fresh netns;"
+              " kernel update ms =\n  each update applied as the product does: nftables one netlink batch"
+              " (netns.apply_nftables_partial: translate + send),\n  iptables --noflush of the kernel tool; nft -f ms ="
+              " nft -f of as many updates, alternating with the batches in the same netns;\n  1-rule / 1-jump ="
+              " nft -f of one `add rule` without / with a goto into the loaded table: nft's cache load,\n  and the"
+              " kernel's validation of every chain at commit (a floor for any nft -f update)")
+        if fallbacks:
+            print("  * some updates went through nft -f: the batch translation did not cover them")
     if report.get("growth"):
         print_growth(report["growth"])
     if report.get("rate"):
