@@ -147,25 +147,16 @@ def _shards(docs: Sequence[Document], workers: int
                 return None
             owners.append(namespace)
             continue
-        identity = ("", "") if kind == _CONFIG else raw_identity(obj)  # one configuration at most
-        if identity is None or (kind, identity) in seen:
+        classified = shard_owner(obj, kind, seen)
+        if classified is None:
             return None
-        seen.add((kind, identity))
+        owner, identity = classified
+        owners.append(owner)
         if kind == _SERVICE:
             services.add(identity)
-            owners.append(identity)
             service_objs.append((identity, obj))
         elif kind == _SLICE:
-            labels = obj["metadata"].get("labels")
-            owner = labels.get(LABEL_SERVICE_NAME) if type(labels) is dict else None
-            if type(owner) is not str:
-                return None
-            owners.append((identity[0], owner))
-            slice_names.append(((identity[0], owner), identity[1]))
-        elif kind in _SHARED:
-            owners.append(None)
-        else:
-            return None
+            slice_names.append((owner, identity[1]))
     n = min(workers, len(services) // MIN_SERVICES_PER_SHARD)
     if n < 2:
         return None
@@ -269,6 +260,27 @@ def _may_claim_a_cluster_ip(services: Sequence[tuple[tuple[str, str], dict]]) ->
             if found and (len(found) > 1 or key not in found):
                 return True
     return False
+
+
+def shard_owner(obj: dict, kind: tuple[Any, Any], seen: set[tuple]
+                ) -> Optional[tuple[Optional[tuple[str, str]], tuple[str, str]]]:
+    """How a document of ``kind`` (apiVersion, kind) is sharded: (its owner, its identity), the
+    owner being the (namespace, name) of the Service it belongs to (a Service itself, an
+    EndpointSlice by its service-name label) or None for a document every shard needs (a Node,
+    the KubeProxyConfiguration); None when the input needs the serial path: another kind, an
+    unusual identity (:func:`raw_identity`), an object met before (``seen``, which this adds
+    to), an EndpointSlice without a Service label."""
+    identity = ("", "") if kind == _CONFIG else raw_identity(obj)  # one configuration at most
+    if identity is None or (kind, identity) in seen:
+        return None
+    seen.add((kind, identity))
+    if kind == _SERVICE:
+        return identity, identity
+    if kind == _SLICE:
+        labels = obj["metadata"].get("labels")
+        owner = labels.get(LABEL_SERVICE_NAME) if type(labels) is dict else None
+        return ((identity[0], owner), identity) if type(owner) is str else None
+    return (None, identity) if kind in _SHARED else None
 
 
 def raw_identity(obj: dict) -> Optional[tuple[str, str]]:

@@ -48,8 +48,8 @@ from .dump import dump_part, join_parts, splittable
 from .errors import InputError
 from .input.cluster import parse_cluster
 from .input.loader import Document
-from .parallel import raw_identity
-from .model import LABEL_SERVICE_NAME, Cluster, Service
+from .parallel import shard_owner
+from .model import Cluster, Service
 
 __all__ = ["allocate_sharded", "MIN_SERVICES_PER_SHARD"]
 
@@ -69,9 +69,6 @@ CHUNK_SHARE = 0.5
 SMALLEST_CHUNK = 1 / 64
 
 _SERVICE = ("v1", "Service")
-_SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
-_CONFIG = ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration")
-_SHARED = {("v1", "Node"), _CONFIG}
 
 Run = tuple[int, int]  # documents [start, end) printed as one part
 
@@ -281,23 +278,13 @@ def _shards(docs: Sequence[Document], workers: int, parent_extra: float) -> Opti
     for doc in docs:
         obj = doc.obj
         kind = _kind(obj)
-        identity = ("", "") if kind == _CONFIG else raw_identity(obj)  # one configuration at most
-        if identity is None or (kind, identity) in seen:
+        classified = shard_owner(obj, kind, seen)
+        if classified is None:
             return None
-        seen.add((kind, identity))
+        owner, identity = classified
+        owners.append(owner)
         if kind == _SERVICE:
             services.append(identity)
-            owners.append(identity)
-        elif kind == _SLICE:
-            labels = obj["metadata"].get("labels")
-            owner = labels.get(LABEL_SERVICE_NAME) if type(labels) is dict else None
-            if type(owner) is not str:
-                return None
-            owners.append((identity[0], owner))
-        elif kind in _SHARED:
-            owners.append(None)
-        else:
-            return None
     n = min(workers, len(services) // MIN_SERVICES_PER_SHARD)
     if n < 2:
         return None

@@ -69,9 +69,8 @@ def cluster(family: str, endpoints: dict[str, str]) -> Cluster:
                    proxy_config=ProxyConfig(cluster_cidrs=("10.244.0.0/16", "fd00:10:244::/48")))
 
 
-def witness(lab: Lab, ns: str, family: str) -> set[Flow]:
-    """The node's conntrack table as conntrack-tools reads it (``conntrack -L -o xml``)."""
-    out = lab.run(ns, ["conntrack", "-L", "-f", family, "-o", "xml"]).stdout
+def flows_of_xml(out: str) -> set[Flow]:
+    """The flows of ``conntrack -L -o xml`` output."""
     flows: set[Flow] = set()
     for flow in ET.fromstring(out).iter("flow") if out.strip() else ():  # an empty table prints nothing
         tuples = {}
@@ -83,6 +82,12 @@ def witness(lab: Lab, ns: str, family: str) -> set[Flow]:
         (proto, src, dst, sport, dport), reply = tuples["original"], tuples["reply"]
         flows.add((proto, src, dst, sport, dport, reply[1], reply[3]))
     return flows
+
+
+def witness(lab: Lab, ns: str, family: str) -> set[Flow]:
+    """The node's conntrack table as conntrack-tools reads it (``conntrack -L -o xml``)."""
+    out = lab.run(ns, ["conntrack", "-L", "-f", family, "-o", "xml"]).stdout
+    return flows_of_xml(out)
 
 
 def as_flow(e) -> Flow:
@@ -198,17 +203,7 @@ def conntrack_tool(ns: str, family: str) -> set[Flow]:
     """The namespace's table of ``family`` as conntrack-tools reads it."""
     out = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-f", family, "-o", "xml"],
                          capture_output=True, text=True, check=True).stdout
-    flows: set[Flow] = set()
-    for flow in ET.fromstring(out).iter("flow") if out.strip() else ():
-        tuples = {}
-        for meta in flow.iter("meta"):
-            if meta.get("direction") in ("original", "reply"):
-                l3, l4 = meta.find("layer3"), meta.find("layer4")
-                tuples[meta.get("direction")] = (l4.get("protoname"), l3.findtext("src"), l3.findtext("dst"),
-                                                 int(l4.findtext("sport") or 0), int(l4.findtext("dport") or 0))
-        (proto, src, dst, sport, dport), reply = tuples["original"], tuples["reply"]
-        flows.add((proto, src, dst, sport, dport, reply[1], reply[3]))
-    return flows
+    return flows_of_xml(out)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

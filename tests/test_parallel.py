@@ -3,8 +3,6 @@ to the serial path; the CLI gives the same output with one process or several.""
 from __future__ import annotations
 
 import copy
-import importlib.machinery
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,40 +12,15 @@ import pytest
 
 from dataplane import parallel
 from dataplane.compiler import compile_rules
-from dataplane.controllers.endpointslices import with_derived_slices
-from dataplane.errors import DataplaneError
 from dataplane.input.cluster import parse_cluster
-from dataplane.input.loader import Document, documents_from_text, load_documents
+from dataplane.input.loader import load_documents
+from sharding_support import bench, docs_of, serial
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "cases"
 
 
-def _bench():
-    loader = importlib.machinery.SourceFileLoader("bench", str(ROOT / "scripts" / "bench"))
-    spec = importlib.util.spec_from_loader("bench", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-BENCH = _bench()
-
-
-def serial(docs, node, mode, family):
-    """(text, warnings) of the serial path, as `dataplane compile` prints them (or the error)."""
-    try:
-        parsed = parse_cluster(docs)
-        result = compile_rules(with_derived_slices(parsed.cluster), node, backend=mode, family=family)
-    except DataplaneError as e:
-        return type(e).__name__
-    return result.text, (*parsed.warnings, *result.warnings)
-
-
-def docs_of(cluster: dict) -> list[Document]:
-    docs, problems = documents_from_text(json.dumps(cluster), "cluster.json", json_hint=True)
-    assert not problems
-    return docs
+BENCH = bench()
 
 
 @pytest.fixture

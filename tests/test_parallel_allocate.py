@@ -4,9 +4,6 @@ parts of a dump (dump.dump_part / join_parts) join to the whole dump, byte for b
 from __future__ import annotations
 
 import copy
-import importlib.machinery
-import importlib.util
-import json
 import os
 import select
 import subprocess
@@ -25,22 +22,15 @@ from dataplane.controllers.allocation import allocate_cluster
 from dataplane.dump import dump_objects, dump_part, join_parts, splittable
 from dataplane.errors import DataplaneError
 from dataplane.input.cluster import parse_cluster
-from dataplane.input.loader import Document, documents_from_text, load_documents
+from dataplane.input.loader import load_documents
+from sharding_support import bench, docs_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "cases"
 SEED = 5
 
 
-def _bench():
-    loader = importlib.machinery.SourceFileLoader("bench", str(ROOT / "scripts" / "bench"))
-    spec = importlib.util.spec_from_loader("bench", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-BENCH = _bench()
+BENCH = bench()
 
 
 # ------------------------------------------------------------------ parts of a dump
@@ -76,12 +66,6 @@ def test_what_cannot_be_split():
 
 
 # ------------------------------------------------------------------ sharded allocate
-
-def docs_of(cluster: dict) -> list[Document]:
-    docs, problems = documents_from_text(json.dumps(cluster), "cluster.json", json_hint=True)
-    assert not problems
-    return docs
-
 
 def to_allocate(services: int, endpoints: int = 2) -> dict:
     """A bench cluster (a kind: List) whose Services mostly want values allocated: every third

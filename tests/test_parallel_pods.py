@@ -4,8 +4,6 @@ input is left to the serial path (which then reports what it finds)."""
 from __future__ import annotations
 
 import copy
-import importlib.machinery
-import importlib.util
 import json
 import random
 import subprocess
@@ -15,38 +13,13 @@ from pathlib import Path
 import pytest
 
 from dataplane import parallel
-from dataplane.compiler import compile_rules
 from dataplane.controllers.endpointslices import with_derived_slices
-from dataplane.errors import DataplaneError
 from dataplane.input.cluster import parse_cluster
-from dataplane.input.loader import Document, documents_from_text, load_documents
+from dataplane.input.loader import load_documents
+from sharding_support import bench as load_bench, docs_of, serial
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "node-01"
-
-
-def _bench():
-    loader = importlib.machinery.SourceFileLoader("bench_pods", str(ROOT / "scripts" / "bench"))
-    spec = importlib.util.spec_from_loader("bench_pods", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-def serial(docs, node, mode, family):
-    """(text, warnings) of the serial path, as `dataplane compile` prints them (or the error's type)."""
-    try:
-        parsed = parse_cluster(docs)
-        result = compile_rules(with_derived_slices(parsed.cluster), node, backend=mode, family=family)
-    except DataplaneError as e:
-        return type(e).__name__
-    return result.text, (*parsed.warnings, *result.warnings)
-
-
-def docs_of(cluster: dict) -> list[Document]:
-    docs, problems = documents_from_text(json.dumps(cluster), "cluster.json", json_hint=True)
-    assert not problems
-    return docs
 
 
 @pytest.fixture
@@ -300,7 +273,7 @@ def test_names_may_clash_reads_bases_and_slice_names():
 def test_cli_output_is_the_same_with_one_process_or_several_for_pods(tmp_path):
     """Past MIN_SERVICES_PER_SHARD Services per process the CLI shards a cluster of Pods too:
     stdout, stderr and exit status are those of one process, also for a bad Pod."""
-    bench = _bench()
+    bench = load_bench()
     generate = sys.modules["benchlib.generate"]  # (loaded by the bench script)
     _, cluster = generate.make_clusters(2 * parallel.MIN_SERVICES_PER_SHARD + 50, 1)
     path = tmp_path / "pods.json"
