@@ -292,15 +292,22 @@ class ServiceFragment:
         """Its sets and chains in table-block syntax, as the full table lays them out."""
         return "".join(self.set_texts) + "".join(self.bodies)
 
-    def __setstate__(self, state: Sequence) -> None:
-        """Unpickle (a saved incremental record); a fragment of another layout is refused with
-        :class:`TypeError`, so that the record is dropped and the next sync is a full one."""
-        names = [f.name for f in fields(self)]
-        if not isinstance(state, (list, tuple)) or len(state) != len(names):
-            raise TypeError("nftables fragment of another version")
-        for name, value in zip(names, state):
-            object.__setattr__(self, name, value)
 
+
+def _fragment_setstate(self: ServiceFragment, state: Sequence) -> None:
+    """Unpickle a :class:`ServiceFragment` (a saved incremental record); a fragment of another
+    layout is refused with :class:`TypeError`, so that the record is dropped and the next sync is
+    a full one."""
+    names = [f.name for f in fields(self)]
+    if not isinstance(state, (list, tuple)) or len(state) != len(names):
+        raise TypeError("nftables fragment of another version")
+    for name, value in zip(names, state):
+        object.__setattr__(self, name, value)
+
+
+# Set after the decorator: before Python 3.11.4 (Debian 12 has 3.11.2), dataclass(frozen=True,
+# slots=True) replaced a class's own __setstate__ with its generic one (gh-104035).
+ServiceFragment.__setstate__ = _fragment_setstate  # type: ignore[method-assign]
 
 def _context(plan: NodePlan) -> tuple:
     """Node-level settings every fragment depends on; a change means a full sync."""
